@@ -1,0 +1,200 @@
+"""The command line: parse arguments, call into the package, map errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ocrwatchd import __version__, report, service
+from ocrwatchd.config import Config, check_environment, load_config
+from ocrwatchd.errors import ConfigError, ExitCode, OcrwatchdError
+
+log = logging.getLogger("ocrwatchd")
+
+DEFAULT_CONFIG = "/etc/ocrwatchd/ocrwatchd.yaml"
+
+
+def _config_option(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=default,
+        help="config file (default: $OCRWATCHD_CONFIG, else " + DEFAULT_CONFIG + ")",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    # -c works before and after the command; the commands' copy must not reset it.
+    common = argparse.ArgumentParser(add_help=False)
+    _config_option(common, argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(prog="ocrwatchd", description="Watch-folder OCR daemon.")
+    _config_option(parser, None)
+    parser.add_argument("--version", action="version", version=f"ocrwatchd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    commands.add_parser(
+        "once", parents=[common], help="process every file now in the inboxes, then exit"
+    )
+    commands.add_parser(
+        "check-config", parents=[common], help="validate the config and the environment"
+    )
+    status = commands.add_parser("status", parents=[common], help="per-inbox counts and health")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    jobs = commands.add_parser("jobs", parents=[common], help="list ledger rows")
+    jobs.add_argument("--state", choices=report.PUBLIC_STATES, help="only rows in this state")
+    jobs.add_argument("--inbox", help="only rows of this inbox")
+    jobs.add_argument("--json", action="store_true", help="machine-readable output")
+    retry = commands.add_parser("retry", parents=[common], help="queue failed files again")
+    retry.add_argument("paths", nargs="*", type=Path, help="failed files to retry (default: all)")
+    explain = commands.add_parser("explain", parents=[common], help="why a file is (not) processed")
+    explain.add_argument("path", type=Path)
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
+    ocr = commands.add_parser("ocr", parents=[common], help="OCR one file and print the JSON")
+    ocr.add_argument("file", type=Path)
+    return parser
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    if args.config is not None:
+        return Path(args.config)
+    return Path(os.environ.get("OCRWATCHD_CONFIG") or DEFAULT_CONFIG)
+
+
+def _print_json(value: object) -> None:
+    json.dump(value, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def _check_config(path: Path) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return ExitCode.CONFIG
+    problems = check_environment(config)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return ExitCode.CONFIG
+    engine = config.engine + (
+        " (chosen: no API key found)"
+        if config.engine_chosen_automatically and config.engine == "local"
+        else ""
+    )
+    print(f"{path}: ok; engine {engine}; {len(config.inboxes)} inbox(es)")
+    return ExitCode.OK
+
+
+def _announce_engine(config: Config) -> None:
+    if config.engine == "local" and config.engine_chosen_automatically:
+        log.info(
+            "no Mindee API key found (mindee.api_key_file, $CREDENTIALS_DIRECTORY/mindee-api-key,"
+            " $MINDEE_V2_API_KEY): using the embedded local OCR engine"
+        )
+
+
+def _run(path: Path, config: Config, *, once: bool) -> int:
+    from ocrwatchd.daemon import Daemon, print_progress, serve
+
+    problems = check_environment(config)
+    for problem in problems:
+        log.warning("%s", problem)
+    _announce_engine(config)
+    if not once:
+        return serve(path, config)
+    daemon = Daemon(config, once=True, progress=print_progress if sys.stderr.isatty() else None)
+    daemon.install_signal_handlers()
+    code = daemon.run()
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    return code
+
+
+def _ocr(config: Config, file: Path) -> int:
+    from ocrwatchd import filetypes
+
+    source = file.absolute()
+    filetypes.sniff(source)
+    if config.engine == "mindee":
+        from ocrwatchd.remote import ocr_one
+
+        body = ocr_one(config, source)
+    else:
+        from ocrwatchd.engines.local import ocr_document
+
+        body = ocr_document(
+            source,
+            alias=str(source),
+            languages=config.local.languages,
+            tessdata_dir=config.local.tessdata_dir,
+        )
+    sys.stdout.buffer.write(body + (b"" if body.endswith(b"\n") else b"\n"))
+    return ExitCode.OK
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    path = config_path(args)
+    if args.command == "check-config":
+        return _check_config(path)
+    config = load_config(path)
+    service.setup_logging(config.log_level)
+    if args.command in ("run", "once"):
+        return _run(path, config, once=args.command == "once")
+    if args.command == "ocr":
+        return _ocr(config, args.file)
+    if args.command == "status":
+        status = report.status(config)
+        if args.json:
+            _print_json(status)
+        else:
+            print(report.format_status(status))
+        return ExitCode.OK
+    if args.command == "jobs":
+        rows = report.jobs(config, state=args.state, inbox=args.inbox)
+        if args.json:
+            _print_json(rows)
+        else:
+            print(report.format_jobs(rows))
+        return ExitCode.OK
+    if args.command == "retry":
+        count, unknown = report.retry(config, args.paths)
+        for name in unknown:
+            print(f"{name}: not a failed file in the ledger", file=sys.stderr)
+        print(f"{count} file(s) queued again")
+        return ExitCode.FAILURES if unknown else ExitCode.OK
+    if args.command == "explain":
+        explanation = report.explain(config, args.path)
+        if args.json:
+            _print_json(explanation)
+        else:
+            print(explanation["explanation"])
+        return ExitCode.OK
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point. Returns the exit code (sysexits)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return ExitCode.OK if exc.code == 0 else ExitCode.USAGE
+    try:
+        return int(dispatch(args))
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return ExitCode.CONFIG
+    except OcrwatchdError as exc:
+        print(f"ocrwatchd: {exc}", file=sys.stderr)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        return ExitCode.OK
+    except BrokenPipeError:
+        return ExitCode.OK

@@ -1,0 +1,325 @@
+"""Intake: from "something happened at this path" to a complete, queued file.
+
+One thread. It takes hints from the watchers' queue and from its own scans, applies the
+ignore rules and path-safety checks, waits until a file has kept its size and mtime for
+settle_seconds (after a close-after-write or move-in event when events are watched),
+hashes it, rejects what the API cannot take, reuses a done result for identical content
+(dedupe), and queues the rest as pending in the ledger.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ocrwatchd import filetypes, outbox
+from ocrwatchd.config import Config, InboxConfig
+from ocrwatchd.errors import FileRejected
+from ocrwatchd.ledger import DONE, FAILED, IGNORED, PENDING, SETTLING, Ledger, Row
+from ocrwatchd.rules import skip_reason
+from ocrwatchd.watcher import (
+    CHANGED,
+    COMPLETE,
+    CREATED,
+    GONE,
+    SCAN_DIR,
+    SCANNED,
+    Event,
+    inbox_available,
+    unsafe_reason,
+    walk,
+)
+
+log = logging.getLogger(__name__)
+
+TICK = 0.1  # seconds between settle checks; small next to any sensible settle_seconds
+# A file left unchanged this long is taken as complete even without a close event (one
+# lost to inotify overflow, or a writer that keeps the file open but idle).
+QUIET_FALLBACK = 60.0
+
+
+@dataclass
+class Candidate:
+    """A file waiting to settle."""
+
+    inbox: InboxConfig
+    relpath: str
+    size: int
+    mtime_ns: int
+    stable_since: float
+    complete: bool  # a close/move-in event (or a scan) said the writer is finished
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Intake:
+    """Turns filesystem hints into ledger rows. Runs on one thread (`step` or `run`)."""
+
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        events: queue.Queue[Event],
+        *,
+        work_available: threading.Event,
+        modes: dict[str, str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.events = events
+        self.work_available = work_available
+        self.modes = modes
+        self.clock = clock
+        self.inboxes = {inbox.name: inbox for inbox in config.inboxes}
+        self.candidates: dict[tuple[str, str], Candidate] = {}
+        self.was_mount = {inbox.name: os.path.ismount(inbox.path) for inbox in config.inboxes}
+        self.available: dict[str, bool] = {}
+
+    # -- the loop ------------------------------------------------------------------
+
+    def step(self, timeout: float = TICK) -> None:
+        """Handle the hints that arrive within `timeout`, then check settling files."""
+        deadline = self.clock() + timeout
+        while True:
+            remaining = deadline - self.clock()
+            try:
+                inbox_name, path, hint = self.events.get(timeout=max(0.0, remaining))
+            except queue.Empty:
+                break
+            inbox = self.inboxes.get(inbox_name)
+            if inbox is not None:
+                self.handle(inbox, Path(path), hint)
+        self.settle()
+
+    @property
+    def settling(self) -> int:
+        return len(self.candidates)
+
+    # -- scans ---------------------------------------------------------------------
+
+    def scan(self, inbox: InboxConfig, top: Path | None = None) -> bool:
+        """Look at every file of the inbox (or below `top`); returns the inbox's
+        availability. A full scan also notices files removed before they were queued."""
+        available = inbox_available(inbox, self.was_mount[inbox.name])
+        self._set_available(inbox, available)
+        if not available:
+            return False
+        seen: set[str] = set()
+        try:
+            for entry in walk(inbox, top):
+                seen.add(entry.relpath)
+                self.handle(inbox, entry.path, SCANNED)
+        except OSError as exc:
+            log.warning("inbox %s: scan failed: %s", inbox.name, exc)
+            self._set_available(inbox, False)
+            return False
+        if top is None:
+            self._forget_missing(inbox, seen)
+        return True
+
+    def scan_all(self) -> None:
+        for inbox in self.config.inboxes:
+            self.scan(inbox)
+
+    def _set_available(self, inbox: InboxConfig, available: bool) -> None:
+        if self.available.get(inbox.name) == available:
+            return
+        if not available:
+            log.error(
+                "inbox %s: %s is unavailable (missing, unreadable or unmounted);"
+                " its files are left as they are",
+                inbox.name,
+                inbox.path,
+            )
+        elif inbox.name in self.available:
+            log.info("inbox %s: available again", inbox.name)
+        self.available[inbox.name] = available
+        self.ledger.set_inbox(
+            inbox.name, path=str(inbox.path), watch=self.modes[inbox.name], available=available
+        )
+
+    def _forget_missing(self, inbox: InboxConfig, seen: set[str]) -> None:
+        for row in self.ledger.rows(states=(SETTLING, PENDING), inbox=inbox.name):
+            if row.relpath not in seen:
+                self._vanished(inbox, row)
+
+    def _vanished(self, inbox: InboxConfig, row: Row) -> None:
+        self.candidates.pop((inbox.name, row.relpath), None)
+        if self.ledger.transition(
+            row, IGNORED, reason="the file was removed from the inbox before it was processed"
+        ):
+            log.info("%s: removed before processing; ignored", row.relpath)
+
+    # -- one path ------------------------------------------------------------------
+
+    def handle(self, inbox: InboxConfig, path: Path, hint: str) -> None:
+        """Apply one hint about `path` (absolute, inside `inbox`)."""
+        try:
+            relpath = path.relative_to(inbox.path).as_posix()
+        except ValueError:
+            return
+        if hint == SCAN_DIR:
+            if path.is_dir() and not path.is_symlink():
+                self.scan(inbox, path)
+            return
+        skip = skip_reason(inbox, relpath)
+        if skip is not None:
+            if skip.record and hint != GONE:
+                self.ledger.ignore(inbox.name, relpath, skip.reason)
+            return
+        key = (inbox.name, relpath)
+        try:
+            unsafe = unsafe_reason(inbox, path)
+            info = path.stat() if unsafe is None else None
+        except FileNotFoundError:
+            self.candidates.pop(key, None)
+            row = self.ledger.find(inbox.name, relpath)
+            if row is not None and row.state in (SETTLING, PENDING):
+                self._vanished(inbox, row)
+            return
+        except OSError as exc:
+            log.warning("%s: cannot stat %s: %s", inbox.name, relpath, exc)
+            return
+        if unsafe is not None or info is None:
+            self.candidates.pop(key, None)
+            self.ledger.ignore(inbox.name, relpath, unsafe or "unreadable")
+            return
+        row = self.ledger.observe(inbox.name, relpath, info.st_size, info.st_mtime_ns)
+        if row is None:
+            row = self.ledger.find(inbox.name, relpath)
+        if row is None or row.state != SETTLING:
+            self.candidates.pop(key, None)
+            return
+        if self.modes[inbox.name] == "poll":
+            complete = True
+        elif hint == CREATED:
+            complete = info.st_size > 0
+        else:
+            complete = hint != CHANGED
+        candidate = self.candidates.get(key)
+        if candidate is None:
+            self.candidates[key] = Candidate(
+                inbox, relpath, info.st_size, info.st_mtime_ns, self.clock(), complete
+            )
+            if row.generation == 1 and row.attempts == 0:
+                log.info("%s: new file %s; settling", inbox.name, relpath)
+            return
+        changed = (candidate.size, candidate.mtime_ns) != (info.st_size, info.st_mtime_ns)
+        if changed:
+            candidate.size, candidate.mtime_ns = info.st_size, info.st_mtime_ns
+            candidate.stable_since = self.clock()
+        if hint == COMPLETE:
+            candidate.complete = True
+        elif hint in (CHANGED, CREATED) and changed and self.modes[inbox.name] == "events":
+            candidate.complete = False
+
+    # -- settling ------------------------------------------------------------------
+
+    def settle(self) -> None:
+        now = self.clock()
+        for key, candidate in list(self.candidates.items()):
+            quiet = now - candidate.stable_since
+            if quiet < candidate.inbox.settle_seconds:
+                continue
+            if not candidate.complete and quiet < max(
+                QUIET_FALLBACK, candidate.inbox.settle_seconds
+            ):
+                continue
+            del self.candidates[key]
+            self._ready(candidate)
+
+    def _ready(self, candidate: Candidate) -> None:
+        inbox, relpath = candidate.inbox, candidate.relpath
+        path = inbox.path / relpath
+        try:
+            digest = sha256_of(path)
+            info = path.stat()
+        except FileNotFoundError:
+            self.handle(inbox, path, GONE)
+            return
+        except OSError as exc:
+            log.warning("%s: cannot read %s: %s; will look again", inbox.name, relpath, exc)
+            return
+        row = self.ledger.observe(inbox.name, relpath, info.st_size, info.st_mtime_ns)
+        if row is not None:
+            # Changed while hashing: settle again.
+            self.handle(inbox, path, SCANNED)
+            return
+        row = self.ledger.find(inbox.name, relpath)
+        if row is None or row.state != SETTLING:
+            return
+        try:
+            kind = filetypes.sniff(path)
+        except FileRejected as exc:
+            if self.ledger.transition(row, FAILED, sha256=digest, reason=str(exc)):
+                log.warning("%s: %s failed: %s", inbox.name, relpath, exc)
+                self._move_failed(inbox, row, str(exc))
+            return
+        except OSError as exc:
+            log.warning("%s: cannot read %s: %s; will look again", inbox.name, relpath, exc)
+            return
+        if inbox.dedupe and self._reuse(inbox, row, digest, path):
+            return
+        if self.ledger.transition(row, PENDING, sha256=digest, next_attempt_at=0):
+            log.info(
+                "%s: %s queued (%s, %d bytes)", inbox.name, relpath, kind.mime_type, info.st_size
+            )
+            self.work_available.set()
+
+    def _reuse(self, inbox: InboxConfig, row: Row, digest: str, path: Path) -> bool:
+        """Dedupe: identical content already done in this inbox → copy its result."""
+        original = self.ledger.done_with_hash(inbox.name, digest, row.id)
+        if original is None or original.result_path is None:
+            return False
+        try:
+            body = Path(original.result_path).read_bytes()
+            target = outbox.write_result(inbox, row.relpath, outbox.adapt_duplicate(body, path))
+        except (OSError, ValueError, KeyError) as exc:
+            log.info(
+                "%s: cannot reuse the result of %s (%s); processing",
+                inbox.name,
+                original.relpath,
+                exc,
+            )
+            return False
+        if not self.ledger.transition(
+            row, DONE, sha256=digest, result_path=str(target), duplicate_of=original.id
+        ):
+            return True
+        log.info(
+            "%s: %s is a duplicate of %s; result reused at %s",
+            inbox.name,
+            row.relpath,
+            original.relpath,
+            target,
+        )
+        try:
+            if outbox.dispose_source(inbox, row.relpath):
+                self.ledger.forget_source(row)
+        except OSError as exc:
+            log.warning(
+                "%s: %s: on_success %s failed: %s", inbox.name, row.relpath, inbox.on_success, exc
+            )
+        return True
+
+    def _move_failed(self, inbox: InboxConfig, row: Row, reason: str) -> None:
+        try:
+            outbox.move_to_failed(
+                inbox, row.relpath, {"path": str(inbox.path / row.relpath), "reason": reason}
+            )
+        except OSError as exc:
+            log.warning("%s: cannot move %s to failed_dir: %s", inbox.name, row.relpath, exc)

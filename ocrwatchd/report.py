@@ -1,0 +1,278 @@
+"""Read-side commands: status, jobs, explain, retry. They read the ledger (safe while
+the daemon runs: WAL readers never block the writer) and never touch the inboxes' files."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ocrwatchd.config import Config, InboxConfig
+from ocrwatchd.ledger import (
+    DONE,
+    FAILED,
+    FETCHED,
+    IGNORED,
+    PENDING,
+    PROCESSING,
+    PUBLIC_STATES,
+    SETTLING,
+    UPLOADING,
+    Ledger,
+    Row,
+)
+from ocrwatchd.rules import skip_reason
+from ocrwatchd.watcher import inbox_available, watch_mode
+
+__all__ = ["PUBLIC_STATES", "explain", "format_jobs", "format_status", "jobs", "retry", "status"]
+
+
+def _ledger(config: Config) -> Ledger | None:
+    path = config.state_dir / "ledger.db"
+    return Ledger(path) if path.exists() else None
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return (
+        datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+
+
+def _inbox(config: Config, name: str) -> InboxConfig | None:
+    return next((inbox for inbox in config.inboxes if inbox.name == name), None)
+
+
+def row_json(config: Config, row: Row) -> dict[str, Any]:
+    inbox = _inbox(config, row.inbox)
+    path = str(inbox.path / row.relpath) if inbox else row.relpath
+    return {
+        "inbox": row.inbox,
+        "path": path,
+        "relpath": row.relpath,
+        "state": row.public_state,
+        "internal_state": row.state,
+        "reason": row.reason if row.state in (FAILED, IGNORED) else None,
+        "job_id": row.job_id,
+        "result": row.result_path if row.state == DONE else None,
+        "attempts": row.attempts,
+        "updated_at": _iso(row.updated_at),
+        "created_at": _iso(row.created_at),
+        "size": row.size,
+        "sha256": row.sha256,
+        "last_error": row.last_error,
+        "next_attempt_at": _iso(row.next_attempt_at) if row.next_attempt_at else None,
+        "duplicate_of": row.duplicate_of,
+        "engine": row.engine,
+    }
+
+
+def jobs(
+    config: Config, *, state: str | None = None, inbox: str | None = None
+) -> list[dict[str, Any]]:
+    ledger = _ledger(config)
+    if ledger is None:
+        return []
+    try:
+        rows = ledger.rows(inbox=inbox)
+    finally:
+        ledger.close()
+    result = [row_json(config, row) for row in rows]
+    return [item for item in result if state is None or item["state"] == state]
+
+
+def format_jobs(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no files in the ledger"
+    lines = []
+    for item in rows:
+        note = item["reason"] or item["result"] or item["job_id"] or ""
+        lines.append(f"{item['state']:<10} {item['inbox']}: {item['relpath']}  {note}".rstrip())
+    return "\n".join(lines)
+
+
+def status(config: Config) -> dict[str, Any]:
+    ledger = _ledger(config)
+    counts: dict[str, dict[str, int]] = {}
+    oldest: dict[str, float] = {}
+    info: dict[str, dict[str, Any]] = {}
+    if ledger is not None:
+        try:
+            counts = ledger.counts_by_inbox()
+            oldest = ledger.oldest_waiting()
+            info = ledger.inbox_info()
+        finally:
+            ledger.close()
+    now = time.time()
+    totals = dict.fromkeys(PUBLIC_STATES, 0)
+    inboxes = []
+    for inbox in config.inboxes:
+        inbox_counts = counts.get(inbox.name, dict.fromkeys(PUBLIC_STATES, 0))
+        for state, number in inbox_counts.items():
+            totals[state] += number
+        known = info.get(inbox.name, {})
+        inboxes.append(
+            {
+                "name": inbox.name,
+                "path": str(inbox.path),
+                "outbox": str(inbox.outbox),
+                "watch": known.get("watch") or watch_mode(inbox),
+                "available": inbox_available(inbox, was_mount=False),
+                "counts": inbox_counts,
+                "oldest_pending_seconds": round(now - oldest[inbox.name], 1)
+                if inbox.name in oldest
+                else None,
+                "in_flight": inbox_counts["uploading"] + inbox_counts["processing"],
+                "last_error": known.get("last_error"),
+                "last_error_at": _iso(known.get("last_error_at")),
+                "paused": known.get("paused_reason"),
+            }
+        )
+    return {
+        "engine": config.engine,
+        "state_dir": str(config.state_dir),
+        "inboxes": inboxes,
+        "totals": totals,
+    }
+
+
+def format_status(report: dict[str, Any]) -> str:
+    lines = [f"engine: {report['engine']}   ledger: {report['state_dir']}/ledger.db"]
+    for inbox in report["inboxes"]:
+        counts = ", ".join(
+            f"{number} {state}" for state, number in inbox["counts"].items() if number
+        )
+        availability = "" if inbox["available"] else "  UNAVAILABLE"
+        lines.append(f"{inbox['name']} ({inbox['path']}, {inbox['watch']}){availability}")
+        lines.append(f"  {counts or 'no files yet'}")
+        if inbox["oldest_pending_seconds"] is not None:
+            lines.append(f"  oldest waiting file: {inbox['oldest_pending_seconds']:.0f} s")
+        if inbox["paused"]:
+            lines.append(f"  paused: {inbox['paused']}")
+        if inbox["last_error"]:
+            lines.append(f"  last error ({inbox['last_error_at']}): {inbox['last_error']}")
+    return "\n".join(lines)
+
+
+def locate(config: Config, path: Path) -> tuple[InboxConfig, str] | None:
+    """The inbox holding `path`, and the path relative to it."""
+    absolute = Path(path).absolute()
+    for inbox in config.inboxes:
+        try:
+            return inbox, absolute.relative_to(inbox.path).as_posix()
+        except ValueError:
+            continue
+    return None
+
+
+def retry(config: Config, paths: list[Path]) -> tuple[int, list[str]]:
+    """Queue failed files again: all of them, or those named. Returns (count, unknown names)."""
+    ledger = _ledger(config)
+    if ledger is None:
+        return 0, [str(path) for path in paths]
+    try:
+        if not paths:
+            return ledger.retry_failed(), []
+        ids, unknown = [], []
+        for path in paths:
+            found = locate(config, path)
+            row = ledger.find(found[0].name, found[1]) if found else None
+            if row is None or row.state != FAILED:
+                unknown.append(str(path))
+            else:
+                ids.append(row.id)
+        return ledger.retry_failed(ids), unknown
+    finally:
+        ledger.close()
+
+
+def _sentence(config: Config, inbox: InboxConfig, row: Row) -> str:
+    name = row.relpath
+    if row.state == SETTLING:
+        return (
+            f"{name} is still settling: it is queued once its size and mtime stay unchanged"
+            f" for {inbox.settle_seconds:g} s after the writer closes it."
+        )
+    if row.state == PENDING:
+        if row.last_error and row.next_attempt_at > time.time():
+            return (
+                f"{name} is queued for another attempt at {_iso(row.next_attempt_at)}"
+                f" after: {row.last_error}"
+            )
+        return f"{name} is queued for OCR."
+    if row.state == UPLOADING:
+        return f"{name} is being uploaded to the Mindee API (attempt {row.attempts})."
+    if row.state == PROCESSING:
+        where = "the Mindee API" if row.engine == "mindee" else "the local OCR engine"
+        return f"{name} is being processed by {where} (job {row.job_id})."
+    if row.state == FETCHED:
+        return f"{name}'s result has been received and is being written to the outbox."
+    if row.state == DONE:
+        if row.duplicate_of is not None:
+            return (
+                f"{name} is done: a duplicate of an earlier file, its result reused at"
+                f" {row.result_path}."
+            )
+        return f"{name} is done: result at {row.result_path}."
+    if row.state == FAILED:
+        return f"{name} failed: {row.reason}. Fix the cause, then run `ocrwatchd retry`."
+    return f"{name} is ignored: {row.reason}."
+
+
+def explain(config: Config, path: Path) -> dict[str, Any]:
+    """Why `path` is (or is not) processed: the row as in `jobs --json` plus `explanation`."""
+    found = locate(config, path)
+    if found is None:
+        return {
+            "path": str(Path(path).absolute()),
+            "state": None,
+            "explanation": f"{path} is not inside any inbox of {config.source}.",
+        }
+    inbox, relpath = found
+    skip = skip_reason(inbox, relpath)
+    ledger = _ledger(config)
+    row = None
+    if ledger is not None:
+        try:
+            row = ledger.find(inbox.name, relpath)
+            original = ledger.get(row.duplicate_of) if row and row.duplicate_of else None
+        finally:
+            ledger.close()
+    if row is not None:
+        result = row_json(config, row)
+        sentence = _sentence(config, inbox, row)
+        if original is not None:
+            sentence = sentence.replace("an earlier file", original.relpath)
+        result["explanation"] = sentence
+        return result
+    absolute = str(inbox.path / relpath)
+    base = {
+        "inbox": inbox.name,
+        "path": absolute,
+        "relpath": relpath,
+        "reason": None,
+        "job_id": None,
+        "result": None,
+        "attempts": 0,
+        "updated_at": None,
+    }
+    if skip is not None:
+        return {
+            **base,
+            "state": IGNORED,
+            "reason": skip.reason,
+            "explanation": f"{relpath} is ignored: {skip.reason}.",
+        }
+    if (inbox.path / relpath).exists():
+        return {
+            **base,
+            "state": None,
+            "explanation": f"{relpath} has not been seen by the daemon yet (is it running?).",
+        }
+    return {
+        **base,
+        "state": None,
+        "explanation": f"{relpath} does not exist and the ledger has no record of it.",
+    }
