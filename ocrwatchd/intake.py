@@ -204,7 +204,13 @@ class Intake:
         if row is None or row.state != SETTLING:
             self.candidates.pop(key, None)
             return
-        if self.modes[inbox.name] == "poll":
+        # Whether the writer is finished. Polling sees no writers: settling alone decides.
+        # A write (CHANGED) means a writer is at work until its close (COMPLETE). CREATED is
+        # ambiguous: a writer starting, a file moved in from outside the inbox (no close
+        # will follow) or watchdog's replay of a new folder's content, so a non-empty
+        # file counts as complete until a write says otherwise.
+        events = self.modes[inbox.name] == "events"
+        if not events:
             complete = True
         elif hint == CREATED:
             complete = info.st_size > 0
@@ -222,9 +228,9 @@ class Intake:
         if changed:
             candidate.size, candidate.mtime_ns = info.st_size, info.st_mtime_ns
             candidate.stable_since = self.clock()
-        if hint == COMPLETE:
+        if hint == COMPLETE or not events:
             candidate.complete = True
-        elif hint in (CHANGED, CREATED) and changed and self.modes[inbox.name] == "events":
+        elif hint == CHANGED:
             candidate.complete = False
 
     # -- settling ------------------------------------------------------------------
