@@ -107,6 +107,8 @@ def _run(path: Path, config: Config, *, once: bool) -> int:
     for problem in problems:
         log.warning("%s", problem)
     _announce_engine(config)
+    if config.webhook is not None:
+        log.warning("the webhook receiver is not implemented yet; results are fetched by polling")
     if not once:
         return serve(path, config)
     daemon = Daemon(config, once=True, progress=print_progress if sys.stderr.isatty() else None)
