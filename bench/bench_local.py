@@ -5,7 +5,10 @@ processes P:
 
   (a) bare tesserocr: a multiprocessing pool, one PyTessBaseAPI per process,
       SetImageFile + GetUTF8Text per page (no sniffing, no JSON, no corrections);
-  (b) LocalEngine: `LocalEngine.submit` for every page, waiting for all futures.
+  (b) LocalEngine: `LocalEngine.submit` for every page, waiting for all futures;
+  (c) the daemon: `ocrwatchd run` with the local engine and P workers; the pages are
+      linked into its inbox at once and timed until the last `.json` is in the outbox
+      (intake, settling, hashing, ledger, JSON, atomic writes included).
 
 Each measurement first warms its processes up (starting them and loading the language
 data is not what is compared), then times the pages. Rounds alternate between the
@@ -21,8 +24,11 @@ to compare another way of running the same pages (the whole daemon, for instance
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -126,9 +132,71 @@ def measure_engine(paths: list[Path], processes: int) -> Measurement:
         engine.close()
 
 
+# -- (c) the whole daemon -----------------------------------------------------------------
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants, from /proc/PID/task/*/children."""
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                stack.extend(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def _wait_outputs(outbox: Path, count: int, daemon: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 600
+    while sum(1 for _ in outbox.glob("*.json")) < count:
+        if daemon.poll() is not None:
+            raise SystemExit(f"the daemon exited with {daemon.returncode}")
+        if time.monotonic() > deadline:
+            raise SystemExit("the daemon did not finish within 600 s")
+        time.sleep(0.02)
+
+
+def measure_daemon(paths: list[Path], processes: int) -> Measurement:
+    """Time `ocrwatchd run` (local engine, `processes` workers) over `paths`."""
+    with tempfile.TemporaryDirectory(dir=paths[0].parent) as temporary:
+        root = Path(temporary)
+        inbox, outbox = root / "inbox", root / "outbox"
+        inbox.mkdir()
+        config = root / "ocrwatchd.yaml"
+        config.write_text(
+            f"state_dir: {root / 'state'}\nengine: local\nlog_level: warning\n"
+            f"local: {{workers: {processes}}}\ninboxes:\n"
+            f"  - {{name: bench, path: {inbox}, outbox: {outbox}, settle_seconds: 0,"
+            " dedupe: false}\n"
+        )
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "ocrwatchd", "run", "-c", str(config)],
+            cwd=ROOT,
+            env={**os.environ, "MINDEE_V2_API_KEY": ""},
+        )
+        try:
+            for number in range(4 * processes):  # start the workers, load the language data
+                os.link(paths[0], inbox / f"warm{number}.png")
+            _wait_outputs(outbox, 4 * processes, daemon)
+            pids = process_tree(daemon.pid)
+            cpu, started = cpu_seconds(pids), time.perf_counter()
+            for path in paths:
+                os.link(path, inbox / path.name)
+            _wait_outputs(outbox, 4 * processes + len(paths), daemon)
+            elapsed = time.perf_counter() - started
+            cpu = cpu_seconds(pids) - cpu
+            memory = {pid: memory_kb(pid) for pid in pids}
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=60)
+        return Measurement(len(paths) / elapsed, cpu / len(paths), memory)
+
+
 MEASUREMENTS: dict[str, Callable[[list[Path], int], Measurement]] = {
     "bare tesserocr": measure_bare,
     "LocalEngine": measure_engine,
+    "daemon": measure_daemon,
 }
 
 
@@ -179,7 +247,7 @@ def main() -> None:
                 f"  (by CPU time per page: {cpu_ratio:.2f})"
             )
             for pid, (rss, peak) in sorted(result.rss_kb.items()):
-                print(f"    worker {pid}: RSS {rss / 1024:.0f} MB (peak {peak / 1024:.0f} MB)")
+                print(f"    process {pid}: RSS {rss / 1024:.0f} MB (peak {peak / 1024:.0f} MB)")
 
 
 if __name__ == "__main__":
