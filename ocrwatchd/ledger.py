@@ -20,9 +20,10 @@ States (the public names `jobs --json` shows are in `PUBLIC_STATE`):
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,30 @@ class Ledger:
     def close(self) -> None:
         self.db.close()
 
+    @contextlib.contextmanager
+    def _write_transaction(self) -> Iterator[None]:
+        """A transaction that takes the write lock at once (BEGIN IMMEDIATE), for a read
+        followed by a write. In WAL mode a deferred transaction that has read cannot
+        upgrade to a write once another connection has committed: SQLite answers
+        SQLITE_BUSY ("database is locked") at once, without waiting the busy timeout."""
+        if self.db.conn.in_transaction:
+            with self.db.atomic():
+                yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if self.db.conn.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        try:
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.conn.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+
     # -- reading -------------------------------------------------------------------
 
     def _rows(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
@@ -290,7 +315,7 @@ class Ledger:
         under a new generation; the new row is returned. An unchanged file returns None.
         """
         now = self._clock()
-        with self.db.atomic():
+        with self._write_transaction():
             row = self.find(inbox, relpath)
             if row is None:
                 self.db.execute(
@@ -315,7 +340,7 @@ class Ledger:
     def ignore(self, inbox: str, relpath: str, reason: str) -> None:
         """Record a file that will never be processed (unsafe type, not included)."""
         now = self._clock()
-        with self.db.atomic():
+        with self._write_transaction():
             row = self.find(inbox, relpath)
             if row is None:
                 self.db.execute(
