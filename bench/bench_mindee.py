@@ -321,12 +321,12 @@ def _watch(
 
 
 def start_py_spy(out: str, pid: int) -> subprocess.Popen[bytes]:
-    """Sample every thread of `pid` (idle ones too) until it exits, into `out` (raw)."""
+    """Sample the thread holding the GIL in `pid` until it exits, into `out` (raw)."""
     beside = Path(sys.executable).parent / "py-spy"
     program = str(beside) if beside.exists() else shutil.which("py-spy")
     if program is None:
         sys.exit("--py-spy needs py-spy (pip install py-spy)")
-    options = ["--nonblocking", "--threads", "--idle", "--rate", "200", "--format", "raw"]
+    options = ["--nonblocking", "--threads", "--gil", "--rate", "200", "--format", "raw"]
     return subprocess.Popen(
         [program, "record", "--pid", str(pid), *options, "--output", str(Path(out).resolve())],
         stdout=subprocess.DEVNULL,

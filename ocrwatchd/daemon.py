@@ -193,7 +193,8 @@ class Daemon:
             finisher = Finisher(config, config.state_dir / "ledger.db")
             engine_threads = self._engine_threads(finisher)
             self._spawn("intake", self._intake_loop)
-            self._spawn("finisher", finisher.run)
+            for name, target in finisher.threads():
+                self._spawn(name, target)
             for name, target in engine_threads:
                 self._spawn(name, target)
             service.notify("READY=1")

@@ -22,7 +22,8 @@ from pathlib import Path
 from ocrwatchd import filetypes, outbox
 from ocrwatchd.config import Config, InboxConfig
 from ocrwatchd.errors import FileRejected
-from ocrwatchd.ledger import DONE, FAILED, IGNORED, PENDING, SETTLING, Ledger, Row
+from ocrwatchd.finisher import fail_file
+from ocrwatchd.ledger import DONE, IGNORED, PENDING, SETTLING, Ledger, Row
 from ocrwatchd.rules import skip_reason
 from ocrwatchd.watcher import (
     CHANGED,
@@ -50,7 +51,7 @@ class Candidate:
     """A file waiting to settle."""
 
     inbox: InboxConfig
-    relpath: str
+    row: Row  # as observed; its generation guards the move to pending
     size: int
     mtime_ns: int
     stable_since: float
@@ -119,10 +120,12 @@ class Intake:
         if not available:
             return False
         seen: set[str] = set()
+        known = self.ledger.inbox_rows(inbox.name)
         try:
             for entry in walk(inbox, top):
                 seen.add(entry.relpath)
-                self.handle(inbox, entry.path, SCANNED)
+                if not self._unchanged(known.get(entry.relpath), entry.path):
+                    self.handle(inbox, entry.path, SCANNED)
         except OSError as exc:
             log.warning("inbox %s: scan failed: %s", inbox.name, exc)
             self._set_available(inbox, False)
@@ -130,6 +133,18 @@ class Intake:
         if top is None:
             self._forget_missing(inbox, seen)
         return True
+
+    @staticmethod
+    def _unchanged(row: Row | None, path: Path) -> bool:
+        """A finished row whose file still has its size and mtime: nothing to do (so a
+        rescan of a large inbox costs a stat per file, not a ledger write)."""
+        if row is None or row.state == SETTLING or row.size is None:
+            return False
+        try:
+            info = path.stat()
+        except OSError:
+            return False
+        return (info.st_size, info.st_mtime_ns) == (row.size, row.mtime_ns)
 
     def scan_all(self) -> None:
         for inbox in self.config.inboxes:
@@ -198,10 +213,8 @@ class Intake:
             self.candidates.pop(key, None)
             self.ledger.ignore(inbox.name, relpath, unsafe or "unreadable")
             return
-        row = self.ledger.observe(inbox.name, relpath, info.st_size, info.st_mtime_ns)
-        if row is None:
-            row = self.ledger.find(inbox.name, relpath)
-        if row is None or row.state != SETTLING:
+        row, _ = self.ledger.observe(inbox.name, relpath, info.st_size, info.st_mtime_ns)
+        if row.state != SETTLING:
             self.candidates.pop(key, None)
             return
         # Whether the writer is finished. Polling sees no writers: settling alone decides.
@@ -217,13 +230,13 @@ class Intake:
         else:
             complete = hint != CHANGED
         candidate = self.candidates.get(key)
-        if candidate is None:
+        if candidate is None or candidate.row.generation != row.generation:
             self.candidates[key] = Candidate(
-                inbox, relpath, info.st_size, info.st_mtime_ns, self.clock(), complete
+                inbox, row, info.st_size, info.st_mtime_ns, self.clock(), complete
             )
-            if row.generation == 1 and row.attempts == 0:
-                log.info("%s: new file %s; settling", inbox.name, relpath)
+            log.debug("%s: %s settling", inbox.name, relpath)
             return
+        candidate.row = row
         changed = (candidate.size, candidate.mtime_ns) != (info.st_size, info.st_mtime_ns)
         if changed:
             candidate.size, candidate.mtime_ns = info.st_size, info.st_mtime_ns
@@ -249,7 +262,8 @@ class Intake:
             self._ready(candidate)
 
     def _ready(self, candidate: Candidate) -> None:
-        inbox, relpath = candidate.inbox, candidate.relpath
+        inbox, row = candidate.inbox, candidate.row
+        relpath = row.relpath
         path = inbox.path / relpath
         try:
             digest = sha256_of(path)
@@ -260,20 +274,13 @@ class Intake:
         except OSError as exc:
             log.warning("%s: cannot read %s: %s; will look again", inbox.name, relpath, exc)
             return
-        row = self.ledger.observe(inbox.name, relpath, info.st_size, info.st_mtime_ns)
-        if row is not None:
-            # Changed while hashing: settle again.
-            self.handle(inbox, path, SCANNED)
-            return
-        row = self.ledger.find(inbox.name, relpath)
-        if row is None or row.state != SETTLING:
+        if (info.st_size, info.st_mtime_ns) != (row.size, row.mtime_ns):
+            self.handle(inbox, path, SCANNED)  # changed while settling or hashing
             return
         try:
             kind = filetypes.sniff(path)
         except FileRejected as exc:
-            if self.ledger.transition(row, FAILED, sha256=digest, reason=str(exc)):
-                log.warning("%s: %s failed: %s", inbox.name, relpath, exc)
-                self._move_failed(inbox, row, str(exc))
+            fail_file(self.ledger, inbox, row, str(exc), sha256=digest)
             return
         except OSError as exc:
             log.warning("%s: cannot read %s: %s; will look again", inbox.name, relpath, exc)
@@ -321,11 +328,3 @@ class Intake:
                 "%s: %s: on_success %s failed: %s", inbox.name, row.relpath, inbox.on_success, exc
             )
         return True
-
-    def _move_failed(self, inbox: InboxConfig, row: Row, reason: str) -> None:
-        try:
-            outbox.move_to_failed(
-                inbox, row.relpath, {"path": str(inbox.path / row.relpath), "reason": reason}
-            )
-        except OSError as exc:
-            log.warning("%s: cannot move %s to failed_dir: %s", inbox.name, row.relpath, exc)

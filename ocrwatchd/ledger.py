@@ -246,13 +246,25 @@ class Ledger:
     def inbox_rows(self, inbox: str) -> dict[str, Row]:
         return {row.relpath: row for row in self.rows(inbox=inbox)}
 
-    def due(self, state: str, *, limit: int, now: float | None = None) -> list[Row]:
-        """Rows in `state` whose next_attempt_at has come, oldest first."""
+    def due(
+        self,
+        state: str,
+        *,
+        limit: int,
+        now: float | None = None,
+        share: tuple[int, int] = (0, 1),
+    ) -> list[Row]:
+        """Rows in `state` whose next_attempt_at has come, oldest first.
+
+        `share` = (index, count) keeps the rows whose id % count == index, so `count`
+        threads can split the work without claiming rows.
+        """
         now = self._clock() if now is None else now
+        index, count = share
         return self._rows(
             f"SELECT {ROW_COLUMNS} FROM files WHERE state = ? AND next_attempt_at <= ?"
-            " ORDER BY next_attempt_at, id LIMIT ?",
-            [state, now, limit],
+            " AND id % ? = ? ORDER BY next_attempt_at, id LIMIT ?",
+            [state, now, count, index, limit],
         )
 
     def next_due_at(self, state: str) -> float | None:
@@ -261,14 +273,10 @@ class Ledger:
         ).fetchone()[0]
         return None if value is None else float(value)
 
-    def count(self, states: Iterable[str], *, engine: str | None = None) -> int:
+    def count(self, states: Iterable[str]) -> int:
         states = list(states)
         sql = f"SELECT COUNT(*) FROM files WHERE state IN ({', '.join('?' for _ in states)})"
-        params: list[Any] = list(states)
-        if engine is not None:
-            sql += " AND engine = ?"
-            params.append(engine)
-        return int(self.db.execute(sql, params).fetchone()[0])
+        return int(self.db.execute(sql, states).fetchone()[0])
 
     def counts_by_inbox(self) -> dict[str, dict[str, int]]:
         """inbox → public state → count (every public state present, zeros included)."""
@@ -308,34 +316,37 @@ class Ledger:
 
     # -- writing -------------------------------------------------------------------
 
-    def observe(self, inbox: str, relpath: str, size: int, mtime_ns: int) -> Row | None:
-        """Record that a file is on disk with this size and mtime.
+    def observe(self, inbox: str, relpath: str, size: int, mtime_ns: int) -> tuple[Row, bool]:
+        """Record that a file is on disk with this size and mtime; return its row and
+        whether it is new or changed.
 
         A file never seen, or seen with another size or mtime, starts (again) as settling
-        under a new generation; the new row is returned. An unchanged file returns None.
+        under a new generation.
         """
         now = self._clock()
         with self._write_transaction():
             row = self.find(inbox, relpath)
+            if row is not None and row.size == size and row.mtime_ns == mtime_ns:
+                return row, False
             if row is None:
-                self.db.execute(
+                cursor = self.db.execute(
                     "INSERT INTO files (inbox, relpath, size, mtime_ns, state, created_at,"
-                    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    f" updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING {ROW_COLUMNS}",
                     [inbox, relpath, size, mtime_ns, SETTLING, now, now],
                 )
-            elif row.size == size and row.mtime_ns == mtime_ns:
-                return None
             else:
-                self.db.execute(
+                cursor = self.db.execute(
                     "UPDATE files SET size = ?, mtime_ns = ?, sha256 = NULL, state = ?,"
                     " generation = generation + 1, reason = NULL, job_id = NULL,"
                     " attempts = 0, next_attempt_at = 0, enqueued_at = NULL,"
                     " last_error = NULL, duplicate_of = NULL, created_at = ?, updated_at = ?"
-                    " WHERE id = ?",
+                    f" WHERE id = ? RETURNING {ROW_COLUMNS}",
                     [size, mtime_ns, SETTLING, now, now, row.id],
                 )
+            (values,) = cursor.fetchall()
+            if row is not None and row.state == FETCHED:
                 self.db.execute("DELETE FROM results WHERE file_id = ?", [row.id])
-        return self.find(inbox, relpath)
+        return Row(*values), True
 
     def ignore(self, inbox: str, relpath: str, reason: str) -> None:
         """Record a file that will never be processed (unsafe type, not included)."""
@@ -369,13 +380,14 @@ class Ledger:
         fields["state"] = to_state
         fields["updated_at"] = self._clock()
         assignments = ", ".join(f"{name} = ?" for name in fields)
+        sql = f"UPDATE files SET {assignments} WHERE id = ? AND generation = ? AND state = ?"
+        params = [*fields.values(), row.id, row.generation, current]
+        if current != FETCHED:  # one statement: its own transaction
+            return bool(self.db.execute(sql, params).rowcount == 1)
+        # Leaving fetched: the stored result goes in the same transaction.
         with self.db.atomic():
-            cursor = self.db.execute(
-                f"UPDATE files SET {assignments} WHERE id = ? AND generation = ? AND state = ?",
-                [*fields.values(), row.id, row.generation, current],
-            )
-            changed = cursor.rowcount == 1
-            if changed and to_state in (DONE, FAILED, PENDING):
+            changed = self.db.execute(sql, params).rowcount == 1
+            if changed:
                 self.db.execute("DELETE FROM results WHERE file_id = ?", [row.id])
         return changed
 

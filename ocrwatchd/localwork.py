@@ -123,4 +123,4 @@ class LocalWork:
                 log.warning("%s: %s: %s; retrying in %.0f s", inbox.name, row.relpath, exc, delay)
             return
         if ledger.store_result(row, body):
-            self.finisher.notify(row.id)
+            self.finisher.notify(row, body)

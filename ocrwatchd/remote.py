@@ -166,10 +166,7 @@ class RemoteWork:
 
     def _claim(self, ledger: Ledger) -> Row | None:
         with self.claim_lock:
-            if (
-                ledger.count((UPLOADING, PROCESSING), engine="mindee")
-                >= self.settings.max_in_flight
-            ):
+            if ledger.count((UPLOADING, PROCESSING)) >= self.settings.max_in_flight:
                 return None
             if self.enqueue_limit.try_take() > 0:
                 return None
@@ -262,11 +259,8 @@ class RemoteWork:
             while not stop.is_set():
                 if not self._paused_wait(stop):
                     continue
-                rows = [
-                    row
-                    for row in ledger.due(PROCESSING, limit=50)
-                    if row.job_id and row.id % self.pollers == index
-                ]
+                due = ledger.due(PROCESSING, limit=50, share=(index, self.pollers))
+                rows = [row for row in due if row.job_id]
                 for row in rows:
                     if stop.is_set() or self.pause.active(self.clock()):
                         break
@@ -300,7 +294,7 @@ class RemoteWork:
                 url = job.result_url or f"{self.settings.base_url}/v2/products/ocr/results/{job.id}"
                 body = client.get_result(url)
                 if ledger.store_result(row, body):
-                    self.finisher.notify(row.id)
+                    self.finisher.notify(row, body)
                     log.info("%s: %s result fetched (job %s)", inbox.name, row.relpath, row.job_id)
             elif job.status == "Failed":
                 error = job.error

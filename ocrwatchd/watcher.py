@@ -16,7 +16,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
@@ -40,6 +50,15 @@ SCANNED = "scanned"
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs")
 
 Event = tuple[str, str, str]  # inbox name, absolute path, hint
+WATCHED_EVENTS = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+    DirCreatedEvent,
+    DirMovedEvent,
+]
 
 
 def filesystem_type(path: Path) -> str | None:
@@ -105,7 +124,14 @@ def start_observer(inbox: InboxConfig, mode: str, events: queue.Queue[Event]) ->
     observer: BaseObserver = (
         PollingObserver(timeout=inbox.poll_interval) if mode == "poll" else Observer()
     )
-    observer.schedule(_Handler(inbox.name, events), str(inbox.path), recursive=inbox.recursive)
+    observer.schedule(
+        _Handler(inbox.name, events),
+        str(inbox.path),
+        recursive=inbox.recursive,
+        # Our own reads of inbox files raise open and close-without-write events: drop
+        # them at the source rather than in the handler.
+        event_filter=WATCHED_EVENTS,
+    )
     observer.daemon = True
     observer.start()
     return observer

@@ -29,8 +29,8 @@ def ledger(tmp_path: Path):
 
 
 def queued(ledger: Ledger, relpath: str = "a.pdf"):
-    row = ledger.observe("inbox", relpath, 10, 1)
-    assert row is not None and row.state == SETTLING
+    row, changed = ledger.observe("inbox", relpath, 10, 1)
+    assert changed and row.state == SETTLING
     assert ledger.transition(row, PENDING, sha256="abc")
     return ledger.find("inbox", relpath)
 
@@ -46,11 +46,11 @@ def test_wal_mode_and_migrations_are_applied_once(tmp_path: Path):
 
 
 def test_observe_is_idempotent_for_an_unchanged_file_and_bumps_generation_on_change(ledger):
-    first = ledger.observe("inbox", "a.pdf", 10, 1)
-    assert first is not None and first.generation == 1
-    assert ledger.observe("inbox", "a.pdf", 10, 1) is None
-    changed = ledger.observe("inbox", "a.pdf", 11, 2)
-    assert changed is not None and changed.generation == 2 and changed.state == SETTLING
+    first, new = ledger.observe("inbox", "a.pdf", 10, 1)
+    assert new and first.generation == 1
+    assert ledger.observe("inbox", "a.pdf", 10, 1) == (first, False)
+    changed, different = ledger.observe("inbox", "a.pdf", 11, 2)
+    assert different and changed.generation == 2 and changed.state == SETTLING
 
 
 def test_a_stale_generation_cannot_move_the_row(ledger):
