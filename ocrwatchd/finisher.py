@@ -19,6 +19,7 @@ from ocrwatchd import outbox
 from ocrwatchd.config import Config, InboxConfig
 from ocrwatchd.ledger import DONE, FAILED, FETCHED, Ledger, Row
 from ocrwatchd.pacing import backoff_delay
+from ocrwatchd.service import file_fields
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,13 @@ def fail_file(ledger: Ledger, inbox: InboxConfig, row: Row, reason: str, **field
     """
     if not ledger.transition(row, FAILED, reason=reason, **fields):
         return False
-    log.warning("%s: %s failed: %s", inbox.name, row.relpath, reason)
+    log.warning(
+        "%s: %s failed: %s",
+        inbox.name,
+        row.relpath,
+        reason,
+        extra=file_fields(inbox.name, row.relpath, FAILED, reason=reason),
+    )
     try:
         moved = outbox.move_to_failed(
             inbox,
@@ -134,7 +141,13 @@ class Finisher:
             return
         if not ledger.transition(row, DONE, result_path=str(target), last_error=None):
             return
-        log.info("%s: %s done → %s", inbox.name, row.relpath, target)
+        log.info(
+            "%s: %s done → %s",
+            inbox.name,
+            row.relpath,
+            target,
+            extra=file_fields(inbox.name, row.relpath, DONE, result=str(target)),
+        )
         try:
             if outbox.dispose_source(inbox, row.relpath):
                 ledger.forget_source(row)

@@ -25,6 +25,7 @@ from ocrwatchd.errors import FileRejected
 from ocrwatchd.finisher import fail_file
 from ocrwatchd.ledger import DONE, IGNORED, PENDING, SETTLING, Ledger, Row
 from ocrwatchd.rules import skip_reason
+from ocrwatchd.service import file_fields
 from ocrwatchd.watcher import (
     CHANGED,
     COMPLETE,
@@ -177,7 +178,12 @@ class Intake:
         if self.ledger.transition(
             row, IGNORED, reason="the file was removed from the inbox before it was processed"
         ):
-            log.info("%s: removed before processing; ignored", row.relpath)
+            log.info(
+                "%s: %s removed before processing; ignored",
+                inbox.name,
+                row.relpath,
+                extra=file_fields(inbox.name, row.relpath, IGNORED),
+            )
 
     # -- one path ------------------------------------------------------------------
 
@@ -289,7 +295,12 @@ class Intake:
             return
         if self.ledger.transition(row, PENDING, sha256=digest, next_attempt_at=0):
             log.info(
-                "%s: %s queued (%s, %d bytes)", inbox.name, relpath, kind.mime_type, info.st_size
+                "%s: %s queued (%s, %d bytes)",
+                inbox.name,
+                relpath,
+                kind.mime_type,
+                info.st_size,
+                extra=file_fields(inbox.name, relpath, PENDING, sha256=digest),
             )
             self.work_available.set()
 
@@ -319,6 +330,7 @@ class Intake:
             row.relpath,
             original.relpath,
             target,
+            extra=file_fields(inbox.name, row.relpath, DONE, result=str(target)),
         )
         try:
             if outbox.dispose_source(inbox, row.relpath):

@@ -24,6 +24,7 @@ from ocrwatchd.errors import ApiError, EngineError
 from ocrwatchd.finisher import Finisher, fail_file
 from ocrwatchd.ledger import IGNORED, PENDING, PROCESSING, UPLOADING, Ledger, Row
 from ocrwatchd.pacing import RateLimiter, backoff_delay
+from ocrwatchd.service import file_fields
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -241,7 +242,13 @@ class RemoteWork:
             next_attempt_at=now + self.settings.poll_initial_delay,
             last_error=None,
         ):
-            log.info("%s: %s uploaded; job %s", inbox.name, row.relpath, job.id)
+            log.info(
+                "%s: %s uploaded; job %s",
+                inbox.name,
+                row.relpath,
+                job.id,
+                extra=file_fields(inbox.name, row.relpath, PROCESSING, job_id=job.id),
+            )
         return True
 
     # -- polling -----------------------------------------------------------------------
@@ -295,7 +302,13 @@ class RemoteWork:
                 body = client.get_result(url)
                 if ledger.store_result(row, body):
                     self.finisher.notify(row, body)
-                    log.info("%s: %s result fetched (job %s)", inbox.name, row.relpath, row.job_id)
+                    log.info(
+                        "%s: %s result fetched (job %s)",
+                        inbox.name,
+                        row.relpath,
+                        row.job_id,
+                        extra=file_fields(inbox.name, row.relpath, "fetched", job_id=row.job_id),
+                    )
             elif job.status == "Failed":
                 error = job.error
                 message = str(error) if error is not None else "the job ended Failed"

@@ -43,6 +43,18 @@ def notify(message: str) -> bool:
     return True
 
 
+def file_fields(inbox: str, relpath: str, state: str, **more: object) -> dict[str, object]:
+    """`extra=` for a log line about one file's transition: journald shows them as
+    OCRWATCHD_INBOX, OCRWATCHD_PATH, OCRWATCHD_STATE (and OCRWATCHD_<NAME> for `more`)."""
+    fields: dict[str, object] = {
+        "ocrwatchd_inbox": inbox,
+        "ocrwatchd_path": relpath,
+        "ocrwatchd_state": state,
+    }
+    fields.update({f"ocrwatchd_{name}": value for name, value in more.items()})
+    return fields
+
+
 def watchdog_interval() -> float | None:
     """Seconds between watchdog pings (half of WatchdogSec), or None when not asked."""
     usec = os.environ.get("WATCHDOG_USEC")

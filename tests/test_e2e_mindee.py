@@ -106,12 +106,18 @@ def test_failed_job_is_listed_with_the_api_detail_and_leaves_no_json(setup, emul
 
 def test_sigterm_stops_gracefully_and_notifies_systemd(setup):
     _settings, config, env = setup
-    daemon = DaemonProcess(config, env).start()
+    # JOURNAL_STREAM says stderr goes to journald: lines carry <N> priority prefixes.
+    # WATCHDOG_USEC asks for pings every half interval while the work threads are alive.
+    extra = {"JOURNAL_STREAM": "8:12345", "WATCHDOG_USEC": "200000"}
+    daemon = DaemonProcess(config, {**env, **extra}).start()
+    wait_for(lambda: "WATCHDOG=1" in daemon.notifications(), what="a watchdog ping")
     assert daemon.stop() == 0
     daemon_messages = daemon.messages
     assert "READY=1" in daemon_messages
     assert "STOPPING=1" in daemon_messages
     assert any(message.startswith("STATUS=") for message in daemon_messages)
+    lines = daemon.log().splitlines()
+    assert lines and all(line[:3] in ("<6>", "<5>", "<4>", "<3>") for line in lines), lines
 
 
 def test_wrong_key_pauses_work_without_a_retry_storm(tmp_path, emulator):
