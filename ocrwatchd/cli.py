@@ -12,7 +12,14 @@ from pathlib import Path
 
 from ocrwatchd import __version__, report, service
 from ocrwatchd.config import Config, check_environment, load_config
-from ocrwatchd.errors import ConfigError, ExitCode, OcrwatchdError
+from ocrwatchd.errors import (
+    ApiError,
+    ConfigError,
+    EngineError,
+    ExitCode,
+    FileRejected,
+    OcrwatchdError,
+)
 
 log = logging.getLogger("ocrwatchd")
 
@@ -120,23 +127,34 @@ def _run(path: Path, config: Config, *, once: bool) -> int:
 
 
 def _ocr(config: Config, file: Path) -> int:
+    """OCR one file; exit 1 when the file cannot be OCR'd, 75 when trying again later may
+    work, 69 when the API refuses the account."""
     from ocrwatchd import filetypes
 
     source = file.absolute()
-    filetypes.sniff(source)
-    if config.engine == "mindee":
-        from ocrwatchd.remote import ocr_one
+    try:
+        filetypes.sniff(source)
+        if config.engine == "mindee":
+            from ocrwatchd.remote import ocr_one
 
-        body = ocr_one(config, source)
-    else:
-        from ocrwatchd.engines.local import ocr_document
+            body = ocr_one(config, source)
+        else:
+            from ocrwatchd.engines.local import ocr_document
 
-        body = ocr_document(
-            source,
-            alias=str(source),
-            languages=config.local.languages,
-            tessdata_dir=config.local.tessdata_dir,
-        )
+            body = ocr_document(
+                source,
+                alias=str(source),
+                languages=config.local.languages,
+                tessdata_dir=config.local.tessdata_dir,
+            )
+    except EngineError as exc:
+        print(f"ocrwatchd: {source}: {exc}", file=sys.stderr)
+        if isinstance(exc, ApiError) and exc.pauses_work:
+            return ExitCode.UNAVAILABLE
+        return ExitCode.TEMPFAIL if exc.retryable else ExitCode.FAILURES
+    except FileRejected as exc:
+        print(f"ocrwatchd: {source}: {exc}", file=sys.stderr)
+        return ExitCode.FAILURES
     sys.stdout.buffer.write(body + (b"" if body.endswith(b"\n") else b"\n"))
     return ExitCode.OK
 

@@ -226,7 +226,13 @@ class Daemon:
             if self.fatal:
                 log.critical("stopping: %s", self.fatal)
                 return ExitCode.SOFTWARE
-            if self.flags.stop or self.flags.reload:
+            if self.flags.stop:
+                names = ", ".join(signal.Signals(n).name for n in self.flags.signals)
+                log.info("stopping (%s)", names or "asked to")
+                # A batch cut short did not finish its files: say so to the caller.
+                return ExitCode.TEMPFAIL if self.once else ExitCode.OK
+            if self.flags.reload:
+                log.info("reloading the config (SIGHUP)")
                 return ExitCode.OK
             now = time.monotonic()
             alive = all(thread.is_alive() for thread in self.threads)

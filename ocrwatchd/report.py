@@ -119,7 +119,9 @@ def status(config: Config) -> dict[str, Any]:
                 "path": str(inbox.path),
                 "outbox": str(inbox.outbox),
                 "watch": known.get("watch") or watch_mode(inbox),
-                "available": inbox_available(inbox, was_mount=False),
+                # The daemon knows whether a mount went away; the live check whether the
+                # directory is there and readable now.
+                "available": bool(known.get("available", 1)) and inbox_available(inbox, False),
                 "counts": inbox_counts,
                 "oldest_pending_seconds": round(now - oldest[inbox.name], 1)
                 if inbox.name in oldest

@@ -211,3 +211,20 @@ def test_the_official_sdk_parses_the_outbox_files(tmp_path, emulator):
     assert response.inference.file.alias == str(inbox / "sdk.jpg")
     assert response.inference.result.pages[0].words[0].content
     assert os.path.getsize(out / "sdk.jpg.json") > 1000
+
+
+def test_ocr_command_with_the_mindee_engine_prints_the_api_result(tmp_path, emulator):
+    settings = mindee_config(tmp_path, emulator.url)
+    config = write_config(tmp_path, settings)
+    sample = tmp_path / "one off.jpg"
+    sample.write_bytes(SAMPLE)
+    emulator.fault("job", status=503)
+    result = cli(config, "ocr", str(sample), env=env_for(emulator))
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["inference"]["file"]["alias"] == str(sample)
+    assert emulator.uploads_per_alias() == {str(sample): 1}
+    assert not (Path(settings["state_dir"]) / "ledger.db").exists()
+    emulator.fail_next_job(status=422, detail="Not a document.")
+    refused = cli(config, "ocr", str(sample), env=env_for(emulator))
+    assert refused.returncode == 1 and "Not a document." in refused.stderr
