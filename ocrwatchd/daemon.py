@@ -27,7 +27,15 @@ from ocrwatchd.config import Config, load_config
 from ocrwatchd.errors import ConfigError, ExitCode, StateError
 from ocrwatchd.finisher import Finisher
 from ocrwatchd.intake import Intake
-from ocrwatchd.ledger import FAILED, FETCHED, IN_FLIGHT, PENDING, SETTLING, Ledger
+from ocrwatchd.ledger import (
+    FAILED,
+    FETCHED,
+    IN_FLIGHT,
+    PENDING,
+    SETTLING,
+    Ledger,
+    storage_trouble,
+)
 from ocrwatchd.watcher import Event, start_observer, watch_mode
 
 if TYPE_CHECKING:
@@ -114,10 +122,11 @@ class Daemon:
             next_scan = time.monotonic() + self.config.reconcile_interval
             while not stop.is_set():
                 self.intake_beat = time.monotonic()
-                intake.step()
-                if time.monotonic() >= next_scan and not self.once:
-                    intake.scan_all()
-                    next_scan = time.monotonic() + self.config.reconcile_interval
+                with storage_trouble(stop, "intake"):
+                    intake.step()
+                    if time.monotonic() >= next_scan and not self.once:
+                        intake.scan_all()
+                        next_scan = time.monotonic() + self.config.reconcile_interval
         finally:
             ledger.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from ocrwatchd import outbox
 from ocrwatchd.config import Config, InboxConfig
-from ocrwatchd.ledger import DONE, FAILED, FETCHED, Ledger, Row
+from ocrwatchd.ledger import DONE, FAILED, FETCHED, Ledger, Row, storage_trouble
 from ocrwatchd.pacing import backoff_delay
 from ocrwatchd.service import file_fields
 
@@ -58,6 +59,16 @@ def fail_file(ledger: Ledger, inbox: InboxConfig, row: Row, reason: str, **field
     return True
 
 
+def internal_error(ledger: Ledger, inbox: InboxConfig, row: Row, exc: Exception) -> None:
+    """A bug met while handling one file: fail that file with the error (so it ends
+    somewhere the user can see) instead of killing the daemon. Ledger errors are not
+    bugs of the file and go up to the loop's `storage_trouble`."""
+    if isinstance(exc, sqlite3.Error):
+        raise exc
+    log.exception("%s: %s: internal error", inbox.name, row.relpath)
+    fail_file(ledger, inbox, row, f"internal error ({type(exc).__name__}: {exc}); please report it")
+
+
 class Finisher:
     """Writes fetched results to the outbox, on `WRITERS` threads (each result costs two
     fsyncs, which are I/O waits: one thread alone made the disk the bottleneck).
@@ -96,7 +107,8 @@ class Finisher:
             if sweeps:
                 self.sweep(ledger)
             while not stop.is_set():
-                self.step(ledger, timeout=0.2, sweeps=sweeps)
+                with storage_trouble(stop, "finisher"):
+                    self.step(ledger, timeout=0.2, sweeps=sweeps)
         finally:
             ledger.close()
 
@@ -111,12 +123,22 @@ class Finisher:
         if row is not None and row.state == FETCHED and row.generation == generation:
             self.finish(ledger, row, body)
 
+    def finish(self, ledger: Ledger, row: Row, body: bytes | None = None) -> None:
+        """Write one fetched result; a bug here fails this file, not the daemon."""
+        try:
+            self._finish(ledger, row, body)
+        except Exception as exc:
+            inbox = self.inboxes.get(row.inbox)
+            if inbox is None:
+                raise
+            internal_error(ledger, inbox, row, exc)
+
     def sweep(self, ledger: Ledger) -> None:
         """Finish rows left fetched by a crash or by an earlier write failure."""
         for row in ledger.due(FETCHED, limit=100):
             self.finish(ledger, row)
 
-    def finish(self, ledger: Ledger, row: Row, body: bytes | None = None) -> None:
+    def _finish(self, ledger: Ledger, row: Row, body: bytes | None) -> None:
         inbox = self.inboxes.get(row.inbox)
         if body is None:
             body = ledger.result_body(row.id, row.generation)

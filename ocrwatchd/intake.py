@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -104,8 +105,20 @@ class Intake:
                 break
             inbox = self.inboxes.get(inbox_name)
             if inbox is not None:
-                self.handle(inbox, Path(path), hint)
+                self._guarded(self.handle, inbox, Path(path), hint)
         self.settle()
+
+    def _guarded(self, action: Callable[..., None], inbox: InboxConfig, *args: object) -> None:
+        """Run one file's step; a bug there is logged and the file left for the next scan,
+        instead of killing intake. Ledger errors go up to the loop's storage_trouble."""
+        try:
+            action(inbox, *args)
+        except sqlite3.Error:
+            raise
+        except Exception:
+            log.exception(
+                "%s: internal error on %s; the next scan will try again", inbox.name, args
+            )
 
     @property
     def settling(self) -> int:
@@ -126,7 +139,7 @@ class Intake:
             for entry in walk(inbox, top):
                 seen.add(entry.relpath)
                 if not self._unchanged(known.get(entry.relpath), entry.path):
-                    self.handle(inbox, entry.path, SCANNED)
+                    self._guarded(self.handle, inbox, entry.path, SCANNED)
         except OSError as exc:
             log.warning("inbox %s: scan failed: %s", inbox.name, exc)
             self._set_available(inbox, False)
@@ -192,6 +205,14 @@ class Intake:
         try:
             relpath = path.relative_to(inbox.path).as_posix()
         except ValueError:
+            return
+        try:
+            relpath.encode("utf-8")
+        except UnicodeEncodeError:
+            # Linux allows any bytes in a name; SQLite, JSON and the API want UTF-8.
+            if hint != GONE:
+                shown = relpath.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                self.ledger.ignore(inbox.name, shown, "the file name is not valid UTF-8; rename it")
             return
         if hint == SCAN_DIR:
             if path.is_dir() and not path.is_symlink():
@@ -265,10 +286,10 @@ class Intake:
             ):
                 continue
             del self.candidates[key]
-            self._ready(candidate)
+            self._guarded(self._ready, candidate.inbox, candidate)
 
-    def _ready(self, candidate: Candidate) -> None:
-        inbox, row = candidate.inbox, candidate.row
+    def _ready(self, inbox: InboxConfig, candidate: Candidate) -> None:
+        row = candidate.row
         relpath = row.relpath
         path = inbox.path / relpath
         try:

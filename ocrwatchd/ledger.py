@@ -21,7 +21,9 @@ States (the public names `jobs --json` shows are in `PUBLIC_STATE`):
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -70,6 +72,21 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 MIGRATIONS = sqlite_utils.Migrations("ocrwatchd")
+STORAGE_RETRY_SECONDS = 5.0
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def storage_trouble(stop: threading.Event, who: str) -> Iterator[None]:
+    """Survive ledger trouble (disk full, I/O error, a lock held too long) in a work
+    loop: log it, wait, and let the loop go on; the ledger's state is unchanged by a
+    failed transaction, so the work is simply tried again."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        log.error("%s: ledger error: %s; trying again in %.0f s", who, exc, STORAGE_RETRY_SECONDS)
+        stop.wait(STORAGE_RETRY_SECONDS)
 
 
 @MIGRATIONS()

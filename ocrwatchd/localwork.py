@@ -16,11 +16,11 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 
-from ocrwatchd.config import Config
+from ocrwatchd.config import Config, InboxConfig
 from ocrwatchd.engines.local import LocalEngine
 from ocrwatchd.errors import EngineError, FileRejected
-from ocrwatchd.finisher import Finisher, fail_file
-from ocrwatchd.ledger import IGNORED, PENDING, PROCESSING, Ledger, Row
+from ocrwatchd.finisher import Finisher, fail_file, internal_error
+from ocrwatchd.ledger import IGNORED, PENDING, PROCESSING, Ledger, Row, storage_trouble
 from ocrwatchd.pacing import backoff_delay
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ class LocalWork:
         ledger = Ledger(self.ledger_path, clock=self.clock)
         try:
             while not stop.is_set():
-                self.step(ledger)
+                with storage_trouble(stop, "local dispatcher"):
+                    self.step(ledger)
         finally:
             ledger.close()
 
@@ -101,6 +102,12 @@ class LocalWork:
 
     def _complete(self, ledger: Ledger, row: Row, future: Future[bytes]) -> None:
         inbox = self.inboxes[row.inbox]
+        try:
+            self._commit(ledger, inbox, row, future)
+        except Exception as exc:
+            internal_error(ledger, inbox, row, exc)
+
+    def _commit(self, ledger: Ledger, inbox: InboxConfig, row: Row, future: Future[bytes]) -> None:
         try:
             body = future.result()
         except FileRejected as exc:

@@ -18,11 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from ocrwatchd.config import Config
+from ocrwatchd.config import Config, InboxConfig
 from ocrwatchd.engines.mindee import MindeeClient
 from ocrwatchd.errors import ApiError, EngineError
-from ocrwatchd.finisher import Finisher, fail_file
-from ocrwatchd.ledger import IGNORED, PENDING, PROCESSING, UPLOADING, Ledger, Row
+from ocrwatchd.finisher import Finisher, fail_file, internal_error
+from ocrwatchd.ledger import (
+    IGNORED,
+    PENDING,
+    PROCESSING,
+    UPLOADING,
+    Ledger,
+    Row,
+    storage_trouble,
+)
 from ocrwatchd.pacing import RateLimiter, backoff_delay
 from ocrwatchd.service import file_fields
 
@@ -158,9 +166,10 @@ class RemoteWork:
             while not stop.is_set():
                 if not self._paused_wait(stop):
                     continue
-                if not self.upload_one(ledger, client):
-                    self.work_available.wait(0.2)
-                    self.work_available.clear()
+                with storage_trouble(stop, "uploader"):
+                    if not self.upload_one(ledger, client):
+                        self.work_available.wait(0.2)
+                        self.work_available.clear()
         finally:
             client.close()
             ledger.close()
@@ -182,6 +191,13 @@ class RemoteWork:
         if inbox is None:  # its inbox left the config: leave it pending for a later config
             ledger.transition(row, PENDING, next_attempt_at=self.clock() + 3600)
             return True
+        try:
+            self._upload(ledger, client, inbox, row)
+        except Exception as exc:
+            internal_error(ledger, inbox, row, exc)
+        return True
+
+    def _upload(self, ledger: Ledger, client: MindeeClient, inbox: InboxConfig, row: Row) -> None:
         path = inbox.path / row.relpath
         attempts = row.attempts  # the claim counted this one
         model_id = self.config.model_id_for(inbox) or ""
@@ -195,7 +211,7 @@ class RemoteWork:
                     attempts=attempts - 1,
                     next_attempt_at=self.clock() + inbox.settle_seconds + 1,
                 )
-                return True
+                return
             job = client.enqueue(
                 path,
                 model_id=model_id,
@@ -207,7 +223,7 @@ class RemoteWork:
             ledger.transition(
                 row, IGNORED, reason="the file was removed from the inbox before it was processed"
             )
-            return True
+            return
         except ApiError as exc:
             if exc.pauses_work:
                 self._on_auth_error(ledger, exc)
@@ -228,10 +244,10 @@ class RemoteWork:
                     attempts=attempts,
                     last_error=str(exc),
                 )
-            return True
+            return
         except OSError as exc:
             self._retry_upload(ledger, row, f"cannot read the file: {exc}", attempts=attempts)
-            return True
+            return
         self._on_success(ledger)
         now = self.clock()
         if ledger.transition(
@@ -249,7 +265,6 @@ class RemoteWork:
                 job.id,
                 extra=file_fields(inbox.name, row.relpath, PROCESSING, job_id=job.id),
             )
-        return True
 
     # -- polling -----------------------------------------------------------------------
 
@@ -266,14 +281,18 @@ class RemoteWork:
             while not stop.is_set():
                 if not self._paused_wait(stop):
                     continue
-                due = ledger.due(PROCESSING, limit=50, share=(index, self.pollers))
-                rows = [row for row in due if row.job_id]
-                for row in rows:
-                    if stop.is_set() or self.pause.active(self.clock()):
-                        break
-                    self.poll_one(ledger, client, row)
-                if not rows:
-                    stop.wait(0.1)
+                with storage_trouble(stop, "poller"):
+                    due = ledger.due(PROCESSING, limit=50, share=(index, self.pollers))
+                    rows = [row for row in due if row.job_id]
+                    for row in rows:
+                        if stop.is_set() or self.pause.active(self.clock()):
+                            break
+                        try:
+                            self.poll_one(ledger, client, row)
+                        except Exception as exc:
+                            internal_error(ledger, self.inboxes[row.inbox], row, exc)
+                    if not rows:
+                        stop.wait(0.1)
         finally:
             client.close()
             ledger.close()

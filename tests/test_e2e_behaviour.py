@@ -228,3 +228,22 @@ def test_ocr_command_with_the_mindee_engine_prints_the_api_result(tmp_path, emul
     emulator.fail_next_job(status=422, detail="Not a document.")
     refused = cli(config, "ocr", str(sample), env=env_for(emulator))
     assert refused.returncode == 1 and "Not a document." in refused.stderr
+
+
+def test_an_unwritable_outbox_keeps_the_result_and_writes_it_once_fixed(tmp_path, emulator):
+    settings = mindee_config(tmp_path, emulator.url)
+    config = write_config(tmp_path, settings)
+    inbox, out = Path(settings["inboxes"][0]["path"]), Path(settings["inboxes"][0]["outbox"])
+    blocker = out / "sub"
+    blocker.write_text("a file where the outbox needs a folder")
+    env = env_for(emulator)
+    with DaemonProcess(config, env) as daemon:
+        drop(inbox / "sub" / "kept.jpg", SAMPLE)
+        row = wait_for(lambda: [r for r in jobs(config, env) if r["last_error"]], timeout=30)[0]
+        assert "cannot write outbox" in row["last_error"]
+        assert row["state"] == "processing"  # fetched: the result is safe in the ledger
+        blocker.unlink()
+        wait_for(lambda: (out / "sub" / "kept.jpg.json").exists(), timeout=30)
+        assert daemon.stop() == 0
+    assert emulator.uploads_per_alias() == {str(inbox / "sub" / "kept.jpg"): 1}
+    assert emulator.count("result") == 1

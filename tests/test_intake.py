@@ -181,3 +181,14 @@ def test_a_missing_inbox_is_unavailable_and_its_rows_are_left_alone(tmp_path):
         made.observer = start_observer(made.inbox, "events", made.events)
     finally:
         made.close()
+
+
+def test_a_file_name_that_is_not_utf8_is_ignored_with_a_reason(harness):
+    raw = os.fsencode(harness.inbox.path) + b"/caf\xe9.jpg"
+    with open(raw, "wb") as handle:
+        handle.write(JPEG)
+    harness.intake.scan_all()
+    harness.wait_state("caf\ufffd.jpg", IGNORED)
+    assert "not valid UTF-8" in harness.ledger.find("scans", "caf\ufffd.jpg").reason
+    drop(harness.inbox.path / "fine.jpg", JPEG)
+    harness.wait_state("fine.jpg", PENDING)
