@@ -87,6 +87,7 @@ class Finisher:
         self.ledger_path = ledger_path
         self.clock = clock
         self.ready: queue.Queue[tuple[int, int, bytes | None]] = queue.Queue()
+        self.started = time.time()
 
     def notify(self, row: Row, body: bytes | None = None) -> None:
         """`row` (as fetched) has its result stored; `body` spares reading it back."""
@@ -105,6 +106,7 @@ class Finisher:
         ledger = Ledger(self.ledger_path, clock=self.clock)
         try:
             if sweeps:
+                self.remove_stale_temp_files()
                 self.sweep(ledger)
             while not stop.is_set():
                 with storage_trouble(stop, "finisher"):
@@ -132,6 +134,15 @@ class Finisher:
             if inbox is None:
                 raise
             internal_error(ledger, inbox, row, exc)
+
+    def remove_stale_temp_files(self) -> None:
+        """Temporary files older than this process come from a crash mid-write."""
+        for inbox in self.inboxes.values():
+            for directory in (inbox.outbox, inbox.failed_dir):
+                if directory is not None:
+                    removed = outbox.remove_stale_temp_files(directory, self.started)
+                    if removed:
+                        log.info("%s: removed %d stale temporary file(s)", directory, removed)
 
     def sweep(self, ledger: Ledger) -> None:
         """Finish rows left fetched by a crash or by an earlier write failure."""

@@ -21,6 +21,8 @@ from ocrwatchd.config import InboxConfig
 
 log = logging.getLogger(__name__)
 
+TEMP_PREFIX = ".ocrwatchd-"  # hidden, and ours alone: stale ones are removed at start
+
 
 def result_path(inbox: InboxConfig, relpath: str) -> Path:
     return inbox.outbox / (relpath + ".json")
@@ -48,7 +50,9 @@ def atomic_write(path: Path, data: bytes) -> None:
     Raises OSError (disk full, permissions); the temporary file is removed then.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, temp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.", suffix=".tmp"
+    )
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -61,6 +65,22 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.unlink(temp_name)
         raise
     _fsync_dir(path.parent)
+
+
+def remove_stale_temp_files(directory: Path, older_than: float) -> int:
+    """Delete our temporary files below `directory` last written before `older_than`
+    (epoch seconds): leftovers of a crash in the middle of a write. Returns how many."""
+    removed = 0
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            if not (name.startswith(TEMP_PREFIX) and name.endswith(".tmp")):
+                continue
+            path = Path(root) / name
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < older_than:
+                    path.unlink()
+                    removed += 1
+    return removed
 
 
 def page_text(document: dict[str, Any]) -> str:

@@ -247,3 +247,19 @@ def test_an_unwritable_outbox_keeps_the_result_and_writes_it_once_fixed(tmp_path
         assert daemon.stop() == 0
     assert emulator.uploads_per_alias() == {str(inbox / "sub" / "kept.jpg"): 1}
     assert emulator.count("result") == 1
+
+
+def test_temporary_files_left_by_a_crash_are_removed_at_start(tmp_path, emulator):
+    settings = mindee_config(tmp_path, emulator.url)
+    config = write_config(tmp_path, settings)
+    out = Path(settings["inboxes"][0]["outbox"])
+    stale = out / "deep" / ".ocrwatchd-scan.pdf.json.k2j3h4.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_text('{"inference": {"trunc')
+    os.utime(stale, (1_000_000_000, 1_000_000_000))
+    someone_elses = out / ".editor-swap.tmp"
+    someone_elses.write_text("not ours")
+    with DaemonProcess(config, env_for(emulator)) as daemon:
+        wait_for(lambda: not stale.exists(), what="the stale temporary file removed")
+        assert daemon.stop() == 0
+    assert someone_elses.exists()
