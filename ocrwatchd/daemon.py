@@ -40,7 +40,7 @@ from ocrwatchd.watcher import Event, start_observer, watch_mode
 
 if TYPE_CHECKING:
     from ocrwatchd.engines.local import LocalEngine
-    from ocrwatchd.remote import RemoteWork
+    from ocrwatchd.remote import RemoteWork, ResultChecker
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class Daemon:
         self.modes: dict[str, str] = {}
         self.remote: RemoteWork | None = None
         self.local_engine: LocalEngine | None = None
+        self.checker: ResultChecker | None = None
 
     # -- signals -------------------------------------------------------------------
 
@@ -138,15 +139,19 @@ class Daemon:
         path = self.config.state_dir / "ledger.db"
         if self.config.engine == "mindee":
             from ocrwatchd.engines.mindee import MindeeClient
-            from ocrwatchd.remote import RemoteWork
+            from ocrwatchd.remote import RemoteWork, ResultChecker
 
             settings = self.config.mindee
             assert settings.api_key is not None
             api_key = settings.api_key
+            checker = self.checker = ResultChecker()
 
             def client() -> MindeeClient:
                 return MindeeClient(
-                    settings.base_url, api_key, request_timeout=settings.request_timeout
+                    settings.base_url,
+                    api_key,
+                    request_timeout=settings.request_timeout,
+                    check_result=checker,
                 )
 
             self.remote = RemoteWork(
@@ -225,6 +230,8 @@ class Daemon:
                 thread.join(timeout=30)
             if self.local_engine is not None:
                 self.local_engine.close()
+            if self.checker is not None:
+                self.checker.close()
             ledger.close()
 
     def _supervise(self, ledger: Ledger) -> int:

@@ -45,7 +45,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -101,6 +101,17 @@ class Job:
     error: ApiError | None
 
 
+def result_problem(body: bytes) -> str | None:
+    """What is wrong with an OCR result body (not JSON, not an object, no `inference`
+    object), or None when it is a well-formed result."""
+    document = _load_json(body)
+    if not isinstance(document, dict):
+        return "malformed JSON" if document is None else "JSON that is not an object"
+    if not isinstance(document.get("inference"), dict):
+        return "a JSON object without an inference object"
+    return None
+
+
 class MindeeClient:
     """Talks to one Mindee API v2 host with one API key.
 
@@ -108,6 +119,8 @@ class MindeeClient:
     `request_timeout` bounds each wait for the server's bytes (urllib3's read timeout),
     `connect_timeout` the TCP/TLS connect. The proxy and CA settings are read from the
     environment here, once; a proxy that cannot be used fails each request, not this.
+    `check_result` validates a result body (default: `result_problem`, in this thread;
+    the daemon runs it in a helper process).
     """
 
     def __init__(
@@ -117,7 +130,9 @@ class MindeeClient:
         *,
         request_timeout: float,
         connect_timeout: float = 10,
+        check_result: Callable[[bytes], str | None] = result_problem,
     ) -> None:
+        self._check_result = check_result
         self._base_url = base_url.rstrip("/")
         self._api_key = api_key
         self._pool: urllib3.PoolManager | None = None
@@ -212,8 +227,11 @@ class MindeeClient:
         """
         response = self._request("GET", result_url, "result")
         self._check_status(response, "result")
-        if not isinstance(self._json_object(response, "result").get("inference"), dict):
-            raise self._error("result: the body has no inference object", status=None)
+        problem = self._check_result(response.data)
+        if problem is not None:
+            raise self._error(
+                f"result: HTTP {response.status} with {problem} in the body", status=None
+            )
         return response.data
 
     # -- one request --------------------------------------------------------------------------
