@@ -3,7 +3,8 @@
 N small distinct JPEG files (copies of `tests/data/mindee/file_types/receipt.jpg`, each
 with 4 different trailing bytes after the end-of-image marker, so dedupe stays on and
 never kicks in) are in the inbox before the daemon starts. The emulator answers at once
-(latency 0, `--processing-polls` polls answered Processing per job), and the client
+(latency 0; jobs are done at the first poll, or after `--processing-polls` polls answered
+Processing), and the client
 limits are raised out of the way (enqueue/poll per minute, max_in_flight >= N,
 settle_seconds 0). The real daemon runs as a child process (`ocrwatchd run`, or
 `ocrwatchd once` with `--once`); the clock starts when the process is spawned and stops
@@ -21,7 +22,8 @@ the emulator counted, and a correctness check (N results, one upload per file).
 only sees the main thread, which just supervises) and writes the merged stats to
 OUT.prof (and each thread's to OUT.prof.THREADNAME); it slows the daemon down, so its
 files/s is not the figure to quote. `--py-spy` samples it instead (py-spy is not a
-dependency: `pip install py-spy`), with far less overhead.
+dependency: `pip install py-spy`), with far less overhead, keeping the samples of the
+thread that holds the GIL.
 Only 127.0.0.1 is contacted.
 """
 
@@ -436,8 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--processing-polls",
         type=int,
-        default=1,
-        help="job polls the emulator answers Processing before a job is done (1)",
+        default=0,
+        help="job polls the emulator answers Processing before a job is done (0: instant)",
     )
     parser.add_argument("--once", action="store_true", help="time `ocrwatchd once`")
     parser.add_argument("--timeout", type=float, default=300, help="give up after (300 s)")
