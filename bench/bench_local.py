@@ -5,6 +5,9 @@ processes P:
 
   (a) bare tesserocr: a multiprocessing pool, one PyTessBaseAPI per process,
       SetImageFile + GetUTF8Text per page (no sniffing, no JSON, no corrections);
+  (a') the same pool asking Tesseract what the engine asks: Sauvola thresholding,
+      Recognize, every word's text, box and confidence (the engine's own price for
+      quality, without its file handling, JSON or orientation checks);
   (b) LocalEngine: `LocalEngine.submit` for every page, waiting for all futures;
   (c) the daemon: `ocrwatchd run` with the local engine and P workers; the pages are
       linked into its inbox at once and timed until the last `.json` is in the outbox
@@ -13,7 +16,7 @@ processes P:
 Each measurement first warms its processes up (starting them and loading the language
 data is not what is compared), then times the pages. Rounds alternate between the
 measurements and the best round of each counts. It prints pages/s, the ratio to (a)
-(target >= 0.9), the same ratio by the workers' CPU time per page (steadier when other
+(target >= 0.9) and to (a'), the ratio to (a) by the workers' CPU time per page (steadier when other
 work shares the machine) and the resident memory of each worker (VmRSS, peak VmHWM).
 A measurement is a function `(paths, processes) -> Measurement`: add one to MEASUREMENTS
 to compare another way of running the same pages (the whole daemon, for instance).
@@ -92,15 +95,53 @@ def _bare_read(path: str) -> tuple[int, int]:
     return os.getpid(), len(_api.GetUTF8Text())
 
 
+def _same_start(tessdata: str) -> None:
+    _bare_start(tessdata)
+    # The engine's settings: Sauvola thresholding, LSTM only.
+    _api.SetVariable("thresholding_method", "2")
+
+
+def _same_read(path: str) -> tuple[int, int]:
+    """What the engine asks of Tesseract: recognise, then every word with box and
+    confidence (no JSON, no orientation or resolution checks)."""
+    import tesserocr
+
+    _api.SetImageFile(path)
+    _api.Recognize()
+    words = 0
+    iterator = _api.GetIterator()
+    level = tesserocr.RIL.WORD
+    for word in tesserocr.iterate_level(iterator, level):
+        word.GetUTF8Text(level)
+        word.BoundingBox(level)
+        word.Confidence(level)
+        words += 1
+    return os.getpid(), words
+
+
 def measure_bare(paths: list[Path], processes: int) -> Measurement:
-    """Time a bare tesserocr loop over `paths` in `processes` processes."""
+    """Time a bare tesserocr loop (defaults, text only) over `paths`."""
+    return _measure_pool(paths, processes, _bare_start, _bare_read)
+
+
+def measure_same(paths: list[Path], processes: int) -> Measurement:
+    """Time a bare loop asking Tesseract for what the engine asks (settings and words)."""
+    return _measure_pool(paths, processes, _same_start, _same_read)
+
+
+def _measure_pool(
+    paths: list[Path],
+    processes: int,
+    start: Callable[[str], None],
+    read: Callable[[str], tuple[int, int]],
+) -> Measurement:
     context = multiprocessing.get_context("forkserver")
     tessdata = f"{default_tessdata_dir()}/"
-    with context.Pool(processes, initializer=_bare_start, initargs=(tessdata,)) as pool:
-        warm = pool.map(_bare_read, [str(paths[0])] * 4 * processes, chunksize=1)
+    with context.Pool(processes, initializer=start, initargs=(tessdata,)) as pool:
+        warm = pool.map(read, [str(paths[0])] * 4 * processes, chunksize=1)
         pids = sorted({pid for pid, _ in warm})
         cpu, started = cpu_seconds(pids), time.perf_counter()
-        for _ in pool.imap_unordered(_bare_read, map(str, paths)):
+        for _ in pool.imap_unordered(read, map(str, paths)):
             pass
         elapsed = time.perf_counter() - started
         cpu = cpu_seconds(pids) - cpu
@@ -195,6 +236,7 @@ def measure_daemon(paths: list[Path], processes: int) -> Measurement:
 
 MEASUREMENTS: dict[str, Callable[[list[Path], int], Measurement]] = {
     "bare tesserocr": measure_bare,
+    "bare, same asks": measure_same,
     "LocalEngine": measure_engine,
     "daemon": measure_daemon,
 }
@@ -237,14 +279,15 @@ def main() -> None:
                 )
                 if name not in best or result.pages_per_second > best[name].pages_per_second:
                     best[name] = result
-        baseline = next(iter(best.values()))
+        bare, same = best["bare tesserocr"], best["bare, same asks"]
         for name, result in best.items():
-            ratio = result.pages_per_second / baseline.pages_per_second
+            ratio = result.pages_per_second / bare.pages_per_second
             # CPU time per page is less disturbed by other load on the machine.
-            cpu_ratio = baseline.cpu_seconds_per_page / result.cpu_seconds_per_page
+            cpu_ratio = bare.cpu_seconds_per_page / result.cpu_seconds_per_page
+            same_ratio = result.pages_per_second / same.pages_per_second
             print(
                 f"{name:<16} {result.pages_per_second:6.2f} pages/s  ratio {ratio:.2f}"
-                f"  (by CPU time per page: {cpu_ratio:.2f})"
+                f"  (by CPU time per page: {cpu_ratio:.2f}; to the same asks: {same_ratio:.2f})"
             )
             for pid, (rss, peak) in sorted(result.rss_kb.items()):
                 print(f"    process {pid}: RSS {rss / 1024:.0f} MB (peak {peak / 1024:.0f} MB)")
