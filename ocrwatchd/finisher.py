@@ -59,6 +59,18 @@ def fail_file(ledger: Ledger, inbox: InboxConfig, row: Row, reason: str, **field
     return True
 
 
+def dispose_source(ledger: Ledger, inbox: InboxConfig, row: Row) -> None:
+    """Apply on_success to a done file's source (its result is durable by now). A failure
+    leaves the source where it is, logged and shown in `status`."""
+    try:
+        if outbox.dispose_source(inbox, row.relpath):
+            ledger.forget_source(row)
+    except OSError as exc:
+        message = f"on_success {inbox.on_success} failed for {row.relpath}: {exc}"
+        log.error("%s: %s", inbox.name, message)
+        ledger.note_error(inbox.name, message)
+
+
 def internal_error(ledger: Ledger, inbox: InboxConfig, row: Row, exc: Exception) -> None:
     """A bug met while handling one file: fail that file with the error (so it ends
     somewhere the user can see) instead of killing the daemon. Ledger errors are not
@@ -181,13 +193,4 @@ class Finisher:
             target,
             extra=file_fields(inbox.name, row.relpath, DONE, result=str(target)),
         )
-        try:
-            if outbox.dispose_source(inbox, row.relpath):
-                ledger.forget_source(row)
-        except OSError as exc:
-            log.error(
-                "%s: %s: on_success %s failed: %s", inbox.name, row.relpath, inbox.on_success, exc
-            )
-            ledger.note_error(
-                inbox.name, f"on_success {inbox.on_success} failed for {row.relpath}: {exc}"
-            )
+        dispose_source(ledger, inbox, row)

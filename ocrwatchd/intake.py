@@ -23,7 +23,7 @@ from pathlib import Path
 from ocrwatchd import filetypes, outbox
 from ocrwatchd.config import Config, InboxConfig
 from ocrwatchd.errors import FileRejected
-from ocrwatchd.finisher import fail_file
+from ocrwatchd.finisher import dispose_source, fail_file
 from ocrwatchd.ledger import DONE, IGNORED, PENDING, SETTLING, Ledger, Row
 from ocrwatchd.rules import skip_reason
 from ocrwatchd.service import file_fields
@@ -353,11 +353,5 @@ class Intake:
             target,
             extra=file_fields(inbox.name, row.relpath, DONE, result=str(target)),
         )
-        try:
-            if outbox.dispose_source(inbox, row.relpath):
-                self.ledger.forget_source(row)
-        except OSError as exc:
-            log.warning(
-                "%s: %s: on_success %s failed: %s", inbox.name, row.relpath, inbox.on_success, exc
-            )
+        dispose_source(self.ledger, inbox, row)
         return True

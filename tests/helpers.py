@@ -71,6 +71,13 @@ def mindee_config(
     return settings
 
 
+def env_for(emulator: Any, key: str | None = None) -> dict[str, str]:
+    """The environment pointing the daemon at the emulator, with its key (or `key`)."""
+    from tests.mindee_emulator import DEFAULT_API_KEY
+
+    return {"MINDEE_V2_API_KEY": key or DEFAULT_API_KEY, "MINDEE_V2_BASE_URL": emulator.url}
+
+
 def drop(path: Path, data: bytes) -> Path:
     """Write a file the way a careful scanner does: a temp name, then a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)

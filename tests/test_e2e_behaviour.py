@@ -15,20 +15,16 @@ from tests.helpers import (
     DaemonProcess,
     cli,
     drop,
+    env_for,
     inbox_settings,
     jobs,
     mindee_config,
     wait_for,
     write_config,
 )
-from tests.mindee_emulator import DEFAULT_API_KEY, MindeeEmulator
 
 SAMPLE = (FIXTURES / "default_sample.jpg").read_bytes()
 RECEIPT = (FIXTURES / "file_types" / "receipt.jpg").read_bytes()
-
-
-def env_for(emu: MindeeEmulator) -> dict[str, str]:
-    return {"MINDEE_V2_API_KEY": DEFAULT_API_KEY, "MINDEE_V2_BASE_URL": emu.url}
 
 
 def test_api_faults_are_retried_until_the_result_is_written(tmp_path, emulator):

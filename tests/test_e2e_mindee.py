@@ -14,6 +14,7 @@ from tests.helpers import (
     DaemonProcess,
     cli,
     drop,
+    env_for,
     inbox_settings,
     jobs,
     mindee_config,
@@ -24,10 +25,6 @@ from tests.mindee_emulator import DEFAULT_API_KEY, MindeeEmulator
 
 SAMPLE = (FIXTURES / "default_sample.jpg").read_bytes()
 PDF = (FIXTURES / "file_types" / "multipage.pdf").read_bytes()
-
-
-def env_for(emu: MindeeEmulator, key: str = DEFAULT_API_KEY) -> dict[str, str]:
-    return {"MINDEE_V2_API_KEY": key, "MINDEE_V2_BASE_URL": emu.url}
 
 
 def outbox_of(config: dict) -> Path:
