@@ -281,18 +281,23 @@ class Daemon:
 
     def _once_progress(self, ledger: Ledger, started: float) -> int | None:
         """In once mode: report progress; return the exit code when all is finished."""
-        waiting = ledger.count(WAITING) + (self.intake.settling if self.intake else 0)
+        names = [inbox.name for inbox in self.config.inboxes]
+        waiting = ledger.count(WAITING, inboxes=names)
+        waiting += self.intake.settling if self.intake else 0
         if self.progress is not None:
-            finished = [
-                row for row in ledger.rows(states=("done", FAILED)) if row.updated_at >= started
-            ]
-            failed = sum(1 for row in finished if row.state == FAILED)
-            self.progress(f"{len(finished)}/{len(finished) + waiting} finished, {failed} failed")
+            done, failed = ledger.finished_since(started)
+            self.progress(f"{done + failed}/{done + failed + waiting} finished, {failed} failed")
         if self.remote is not None and self.remote.pause.reason and ledger.count((FETCHED,)) == 0:
             log.error("%s", self.remote.pause.reason)
             return ExitCode.UNAVAILABLE
         if waiting:
             return None
+        unavailable = [
+            name for name, up in (self.intake.available if self.intake else {}).items() if not up
+        ]
+        if unavailable:
+            log.error("inbox(es) unavailable, not processed: %s", ", ".join(unavailable))
+            return ExitCode.UNAVAILABLE
         failed_rows = [
             row
             for row in ledger.rows(states=(FAILED,))

@@ -290,10 +290,24 @@ class Ledger:
         ).fetchone()[0]
         return None if value is None else float(value)
 
-    def count(self, states: Iterable[str]) -> int:
-        states = list(states)
-        sql = f"SELECT COUNT(*) FROM files WHERE state IN ({', '.join('?' for _ in states)})"
-        return int(self.db.execute(sql, states).fetchone()[0])
+    def count(self, states: Iterable[str], *, inboxes: Iterable[str] | None = None) -> int:
+        """Rows in `states` (of these inboxes only, if given)."""
+        params = list(states)
+        sql = f"SELECT COUNT(*) FROM files WHERE state IN ({', '.join('?' for _ in params)})"
+        if inboxes is not None:
+            names = list(inboxes)
+            sql += f" AND inbox IN ({', '.join('?' for _ in names)})"
+            params += names
+        return int(self.db.execute(sql, params).fetchone()[0])
+
+    def finished_since(self, since: float) -> tuple[int, int]:
+        """(done, failed) rows that reached that state at or after `since`."""
+        done, failed = self.db.execute(
+            "SELECT COALESCE(SUM(state = ?), 0), COALESCE(SUM(state = ?), 0) FROM files"
+            " WHERE updated_at >= ? AND state IN (?, ?)",
+            [DONE, FAILED, since, DONE, FAILED],
+        ).fetchone()
+        return int(done), int(failed)
 
     def counts_by_inbox(self) -> dict[str, dict[str, int]]:
         """inbox → public state → count (every public state present, zeros included)."""

@@ -259,3 +259,16 @@ def test_temporary_files_left_by_a_crash_are_removed_at_start(tmp_path, emulator
         wait_for(lambda: not stale.exists(), what="the stale temporary file removed")
         assert daemon.stop() == 0
     assert someone_elses.exists()
+
+
+def test_once_with_an_inbox_gone_exits_69_and_names_it(tmp_path, emulator):
+    settings = mindee_config(
+        tmp_path, emulator.url, inbox_settings(tmp_path, "here"), inbox_settings(tmp_path, "gone")
+    )
+    config = write_config(tmp_path, settings)
+    drop(tmp_path / "here-in" / "a.jpg", SAMPLE)
+    (tmp_path / "gone-in").rmdir()
+    result = cli(config, "once", env=env_for(emulator))
+    assert result.returncode == 69, result.stderr
+    assert "gone" in result.stderr
+    assert (tmp_path / "here-out" / "a.jpg.json").exists()
