@@ -36,9 +36,11 @@ from ocrwatchd.ledger import (
     Ledger,
     storage_trouble,
 )
-from ocrwatchd.watcher import Event, start_observer, watch_mode
+from ocrwatchd.watcher import SCAN_DIR, Event, start_observer, watch_mode, watching
 
 if TYPE_CHECKING:
+    from watchdog.observers.api import BaseObserver
+
     from ocrwatchd.engines.local import LocalEngine
     from ocrwatchd.remote import RemoteWork, ResultChecker
 
@@ -78,6 +80,7 @@ class Daemon:
         self.modes: dict[str, str] = {}
         self.remote: RemoteWork | None = None
         self.local_engine: LocalEngine | None = None
+        self.observers: dict[str, BaseObserver] = {}
         self.checker: ResultChecker | None = None
 
     # -- signals -------------------------------------------------------------------
@@ -179,7 +182,6 @@ class Daemon:
         except OSError as exc:
             raise StateError(f"cannot create a state or outbox directory: {exc}") from exc
         ledger = Ledger(config.state_dir / "ledger.db")
-        observers = []
         try:
             moved = ledger.recover_after_restart(engine=config.engine)
             if moved:
@@ -187,23 +189,7 @@ class Daemon:
             ledger.set_paused(None)
             self.modes = {inbox.name: watch_mode(inbox) for inbox in config.inboxes}
             if not self.once:
-                for inbox in config.inboxes:
-                    try:
-                        observers.append(start_observer(inbox, self.modes[inbox.name], self.events))
-                        log.info(
-                            "inbox %s: watching %s (%s)",
-                            inbox.name,
-                            inbox.path,
-                            self.modes[inbox.name],
-                        )
-                    except OSError as exc:
-                        log.error(
-                            "inbox %s: cannot watch %s: %s; relying on rescans every %.0f s",
-                            inbox.name,
-                            inbox.path,
-                            exc,
-                            config.reconcile_interval,
-                        )
+                self._ensure_watches(starting=True)
             finisher = Finisher(config, config.state_dir / "ledger.db")
             engine_threads = self._engine_threads(finisher)
             self._spawn("intake", self._intake_loop)
@@ -222,9 +208,9 @@ class Daemon:
         finally:
             service.notify("STOPPING=1")
             self.stop.set()
-            for observer in observers:
+            for observer in self.observers.values():
                 observer.stop()
-            for observer in observers:
+            for observer in self.observers.values():
                 observer.join(timeout=10)
             for thread in self.threads:
                 thread.join(timeout=30)
@@ -233,6 +219,37 @@ class Daemon:
             if self.checker is not None:
                 self.checker.close()
             ledger.close()
+
+    def _ensure_watches(self, *, starting: bool = False) -> None:
+        """Start a watch for every inbox that has none, or whose watch ended (its folder
+        was deleted or unmounted, and is back). Until then, rescans find its files."""
+        for inbox in self.config.inboxes:
+            current = self.observers.get(inbox.name)
+            if current is not None and watching(current):
+                continue
+            # After the start, only an inbox that intake sees as available is tried again.
+            available = self.intake is not None and self.intake.available.get(inbox.name, False)
+            if not starting and not available:
+                continue
+            if current is not None:
+                current.stop()
+                current.join(timeout=10)
+            mode = self.modes[inbox.name]
+            try:
+                self.observers[inbox.name] = start_observer(inbox, mode, self.events)
+            except OSError as exc:
+                if starting:
+                    log.error(
+                        "inbox %s: cannot watch %s: %s; relying on rescans every %.0f s",
+                        inbox.name,
+                        inbox.path,
+                        exc,
+                        self.config.reconcile_interval,
+                    )
+                continue
+            log.info("inbox %s: watching %s (%s)", inbox.name, inbox.path, mode)
+            if not starting:  # files may have arrived while nothing watched
+                self.events.put((inbox.name, str(inbox.path), SCAN_DIR))
 
     def _supervise(self, ledger: Ledger) -> int:
         watchdog = service.watchdog_interval()
@@ -258,6 +275,8 @@ class Daemon:
             if now >= next_status:
                 service.notify("STATUS=" + self.status_line(ledger))
                 next_status = now + STATUS_EVERY
+                if not self.once:
+                    self._ensure_watches()
             if self.once and self.scanned.is_set():
                 result = self._once_progress(ledger, started)
                 if result is not None:

@@ -137,6 +137,13 @@ def start_observer(inbox: InboxConfig, mode: str, events: queue.Queue[Event]) ->
     return observer
 
 
+def watching(observer: BaseObserver) -> bool:
+    """Whether an observer still watches: watchdog ends an inotify emitter when its folder
+    is deleted or unmounted, while the observer thread lives on."""
+    emitters = observer.emitters
+    return observer.is_alive() and bool(emitters) and all(e.is_alive() for e in emitters)
+
+
 @dataclass(frozen=True)
 class Entry:
     """A non-directory found by a scan."""

@@ -272,3 +272,17 @@ def test_once_with_an_inbox_gone_exits_69_and_names_it(tmp_path, emulator):
     assert result.returncode == 69, result.stderr
     assert "gone" in result.stderr
     assert (tmp_path / "here-out" / "a.jpg.json").exists()
+
+
+def test_an_inbox_folder_deleted_and_recreated_is_watched_again(tmp_path, emulator):
+    settings = mindee_config(tmp_path, emulator.url)
+    settings["reconcile_interval"] = 600  # only a new watch can see the file in time
+    config = write_config(tmp_path, settings)
+    inbox, out = Path(settings["inboxes"][0]["path"]), Path(settings["inboxes"][0]["outbox"])
+    with DaemonProcess(config, env_for(emulator)) as daemon:
+        inbox.rmdir()
+        inbox.mkdir()
+        wait_for(lambda: daemon.log().count("watching") >= 2, timeout=20, what="a new watch")
+        drop(inbox / "after.jpg", SAMPLE)
+        wait_for(lambda: (out / "after.jpg.json").exists(), timeout=20)
+        assert daemon.stop() == 0
