@@ -159,6 +159,12 @@ def test_sighup_reloads_the_config_and_watches_a_new_inbox(tmp_path, emulator):
         wait_for(lambda: "config reloaded" in daemon.log(), what="the reload")
         drop(tmp_path / "second-in" / "late.jpg", SAMPLE)
         wait_for(lambda: (tmp_path / "second-out" / "late.jpg.json").exists())
+        # A broken config is refused; the daemon goes on with the one it has.
+        config.write_text("inboxes: [\n")
+        daemon.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "config reload failed" in daemon.log(), what="the refusal")
+        drop(tmp_path / "second-in" / "later.jpg", RECEIPT)
+        wait_for(lambda: (tmp_path / "second-out" / "later.jpg.json").exists())
         assert daemon.stop() == 0
     assert "RELOADING=1" in daemon.messages
 
