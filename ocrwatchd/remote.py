@@ -258,14 +258,7 @@ class RemoteWork:
                     ledger, row, str(exc), attempts=attempts, retry_after=exc.retry_after
                 )
             else:
-                fail_file(
-                    ledger,
-                    inbox,
-                    row,
-                    exc.detail or str(exc),
-                    attempts=attempts,
-                    last_error=str(exc),
-                )
+                fail_file(ledger, inbox, row, str(exc), attempts=attempts)
             return
         except OSError as exc:
             self._retry_upload(ledger, row, f"cannot read the file: {exc}", attempts=attempts)
@@ -356,8 +349,7 @@ class RemoteWork:
                 if error is not None and error.retryable:
                     self._retry_upload(ledger, row, f"job failed: {message}", attempts=row.attempts)
                 else:
-                    detail = error.detail if error is not None and error.detail else message
-                    fail_file(ledger, inbox, row, detail, last_error=message)
+                    fail_file(ledger, inbox, row, message)
             else:
                 ledger.defer(row, until=now + self.settings.poll_interval, error=None)
             self.poll_errors.pop(row.id, None)
@@ -386,7 +378,7 @@ class RemoteWork:
                     delay,
                 )
             else:
-                fail_file(ledger, inbox, row, exc.detail or str(exc), last_error=str(exc))
+                fail_file(ledger, inbox, row, str(exc))
 
 
 def ocr_one(config: Config, path: Path, *, sleep: Callable[[float], object] = time.sleep) -> bytes:
