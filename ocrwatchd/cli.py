@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ocrwatchd import __version__, report, service
-from ocrwatchd.config import Config, check_environment, load_config
+from ocrwatchd.config import Config, check_environment, engine_problems, load_config
 from ocrwatchd.errors import (
     ApiError,
     ConfigError,
@@ -110,8 +110,11 @@ def _announce_engine(config: Config) -> None:
 def _run(path: Path, config: Config, *, once: bool) -> int:
     from ocrwatchd.daemon import Daemon, print_progress, serve
 
-    problems = check_environment(config)
-    for problem in problems:
+    fatal = engine_problems(config)
+    if fatal:
+        raise ConfigError(fatal)
+    # The rest may mend itself (an inbox on a share not mounted yet): warn and go on.
+    for problem in check_environment(config):
         log.warning("%s", problem)
     _announce_engine(config)
     if config.webhook is not None:
@@ -132,6 +135,9 @@ def _ocr(config: Config, file: Path) -> int:
     from ocrwatchd import filetypes
 
     source = file.absolute()
+    fatal = engine_problems(config)
+    if fatal:
+        raise ConfigError(fatal)
     try:
         filetypes.sniff(source)
         if config.engine == "mindee":

@@ -194,18 +194,26 @@ def check_environment(config: Config) -> list[str]:
             if directory is not None:
                 report(f"{key}.{name}", _writable_problem(directory))
     report("state_dir", _writable_problem(config.state_dir))
-    if config.engine == "local":
-        try:
-            from ocrwatchd.engines.local import language_problems
-        except ImportError as error:
-            # The local engine is written separately: while a part of this package is
-            # missing, skip its check; a missing third-party library is a real problem.
-            if not (error.name or "").startswith("ocrwatchd"):
-                report("engine", f"the local engine cannot be loaded: {error}")
-        else:
-            for message in language_problems(config.local.languages, config.local.tessdata_dir):
-                report("local.languages", message)
+    problems.extend(engine_problems(config))
     return problems
+
+
+def engine_problems(config: Config) -> list[str]:
+    """Problems that keep the configured engine from working at all (the local engine's
+    language data missing, or its libraries), formatted like every other problem. The
+    daemon refuses to start with any of them."""
+    if config.engine != "local":
+        return []
+    key = "local.languages"
+    try:
+        from ocrwatchd.engines.local import language_problems
+    except ImportError as error:
+        key = "engine"
+        messages = [f"the local engine cannot be loaded: {error}"]
+    else:
+        messages = language_problems(config.local.languages, config.local.tessdata_dir)
+    mark = config.marks.get(key)
+    return [format_problem(config.source, mark, key, message) for message in messages]
 
 
 def _read_text(source: Path, ctx: Context) -> str | None:

@@ -787,11 +787,12 @@ def test_environment_checks_local_languages(
     assert seen == [(("eng", "klingon"), None)]
 
 
-def test_environment_skips_languages_while_the_local_engine_is_missing(
+def test_environment_reports_a_local_engine_that_cannot_load(
     tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "in").mkdir()
     # None in sys.modules makes the import fail as if the module did not exist.
     monkeypatch.setitem(sys.modules, "ocrwatchd.engines.local", None)
     config = load_config(write(tmp_path, MINIMAL), env)
-    assert check_environment(config) == []
+    [problem] = check_environment(config)
+    assert ": engine: the local engine cannot be loaded" in problem

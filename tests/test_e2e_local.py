@@ -61,3 +61,17 @@ def test_ocr_command_prints_the_json_for_one_file(tmp_path):
     document = json.loads(result.stdout)
     assert document["inference"]["file"]["name"] == "receipt.png"
     assert document["inference"]["result"]["pages"][0]["content"]
+
+
+def test_a_missing_language_stops_the_daemon_with_the_package_to_install(tmp_path):
+    settings = {
+        "state_dir": str(tmp_path / "state"),
+        "engine": "local",
+        "local": {"languages": ["eng", "fra"]},
+        "inboxes": [inbox_settings(tmp_path)],
+    }
+    config = write_config(tmp_path, settings)
+    for command in ("run", "once", "check-config"):
+        result = cli(config, command, env=NO_KEY)
+        assert result.returncode == 78, (command, result.stderr)
+        assert "local.languages" in result.stderr and "tessdata.fast-fra" in result.stderr
