@@ -108,7 +108,7 @@ def _announce_engine(config: Config) -> None:
 
 
 def _run(path: Path, config: Config, *, once: bool) -> int:
-    from ocrwatchd.daemon import Daemon, print_progress, serve
+    from ocrwatchd.daemon import Daemon, ProgressBar, serve
 
     fatal = engine_problems(config)
     if fatal:
@@ -121,10 +121,14 @@ def _run(path: Path, config: Config, *, once: bool) -> int:
         log.warning("the webhook receiver is not implemented yet; results are fetched by polling")
     if not once:
         return serve(path, config)
-    daemon = Daemon(config, once=True, progress=print_progress if sys.stderr.isatty() else None)
+    terminal = sys.stderr.isatty()
+    if terminal and logging.getLogger().level > logging.DEBUG:
+        # The bar replaces the per-file info lines; warnings and errors still show.
+        logging.getLogger().setLevel(logging.WARNING)
+    daemon = Daemon(config, once=True, progress=ProgressBar() if terminal else None)
     daemon.install_signal_handlers()
     code = daemon.run()
-    if sys.stderr.isatty():
+    if terminal:
         sys.stderr.write("\n")
     return code
 

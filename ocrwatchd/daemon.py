@@ -63,7 +63,11 @@ class Daemon:
     """One configuration's worth of threads. `run()` returns an exit code."""
 
     def __init__(
-        self, config: Config, *, once: bool = False, progress: Callable[[str], None] | None = None
+        self,
+        config: Config,
+        *,
+        once: bool = False,
+        progress: Callable[[int, int, int], None] | None = None,
     ) -> None:
         self.config = config
         self.once = once
@@ -301,11 +305,10 @@ class Daemon:
     def _once_progress(self, ledger: Ledger, started: float) -> int | None:
         """In once mode: report progress; return the exit code when all is finished."""
         names = [inbox.name for inbox in self.config.inboxes]
-        waiting = ledger.count(WAITING, inboxes=names)
-        waiting += self.intake.settling if self.intake else 0
+        waiting = ledger.count(WAITING, inboxes=names)  # settling files have rows too
         if self.progress is not None:
             done, failed = ledger.finished_since(started)
-            self.progress(f"{done + failed}/{done + failed + waiting} finished, {failed} failed")
+            self.progress(done + failed, done + failed + waiting, failed)
         if self.remote is not None and self.remote.pause.reason and ledger.count((FETCHED,)) == 0:
             log.error("%s", self.remote.pause.reason)
             return ExitCode.UNAVAILABLE
@@ -348,6 +351,19 @@ def serve(config_path: Path, config: Config) -> int:
         service.setup_logging(config.log_level)
 
 
-def print_progress(message: str) -> None:
-    sys.stderr.write("\r\033[K" + message)
-    sys.stderr.flush()
+class ProgressBar:
+    """`once` on a terminal: one line redrawn in place when the figures change."""
+
+    WIDTH = 30
+
+    def __init__(self) -> None:
+        self.shown = ""
+
+    def __call__(self, finished: int, total: int, failed: int) -> None:
+        filled = self.WIDTH * finished // total if total else self.WIDTH
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        line = f"[{bar}] {finished}/{total} finished, {failed} failed"
+        if line != self.shown:
+            sys.stderr.write("\r\033[K" + line)
+            sys.stderr.flush()
+            self.shown = line

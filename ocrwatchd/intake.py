@@ -120,10 +120,6 @@ class Intake:
                 "%s: internal error on %s; the next scan will try again", inbox.name, args
             )
 
-    @property
-    def settling(self) -> int:
-        return len(self.candidates)
-
     # -- scans ---------------------------------------------------------------------
 
     def scan(self, inbox: InboxConfig, top: Path | None = None) -> bool:

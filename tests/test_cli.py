@@ -57,3 +57,53 @@ def test_status_and_jobs_work_before_the_daemon_ever_ran(tmp_path):
     assert jobs.returncode == 0 and jobs.stdout.strip() == "[]"
     explain = cli(config, "explain", str(tmp_path / "elsewhere.pdf"))
     assert explain.returncode == 0 and "not inside any inbox" in explain.stdout
+
+
+def test_once_on_a_terminal_draws_a_progress_bar(tmp_path):
+    import os
+    import pty
+    import shutil
+
+    from tests.helpers import FIXTURES
+
+    (tmp_path / "in").mkdir()
+    shutil.copy(FIXTURES / "file_types" / "receipt.png", tmp_path / "in" / "r.png")
+    config = write_config(
+        tmp_path,
+        {
+            "state_dir": str(tmp_path / "state"),
+            "engine": "local",
+            "local": {"workers": 1},
+            "inboxes": [
+                {
+                    "name": "a",
+                    "path": str(tmp_path / "in"),
+                    "outbox": str(tmp_path / "out"),
+                    "settle_seconds": 0,
+                }
+            ],
+        },
+    )
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ocrwatchd", "once", "-c", str(config)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+        cwd=ROOT,
+    )
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    assert process.wait(timeout=60) == 0
+    text = output.decode(errors="replace")
+    assert "[" + "#" * 30 + "] 1/1 finished, 0 failed" in text
+    assert "INFO" not in text  # the bar replaces the per-file lines
