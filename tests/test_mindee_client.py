@@ -21,7 +21,7 @@ from pathlib import Path
 import certifi
 import pytest
 
-from ocrwatchd.engines import mindee
+from ocrwatchd.engines import transport
 from ocrwatchd.engines.mindee import USER_AGENT, Job, MindeeClient, parse_retry_after
 from ocrwatchd.errors import ApiError
 from ocrwatchd.secret import Secret
@@ -405,13 +405,13 @@ def test_enqueue_sends_the_file_in_blocks_as_it_reads_it(
     big = tmp_path / "big.pdf"
     big.write_bytes(b"%PDF-1.7\n" + os.urandom(3 * 1024 * 1024))
     asked: list[int] = []
-    read = mindee._MultipartBody.read
+    read = transport.MultipartBody.read
 
-    def spy(body: mindee._MultipartBody, size: int = -1) -> bytes:
+    def spy(body: transport.MultipartBody, size: int = -1) -> bytes:
         asked.append(size)
         return read(body, size)
 
-    monkeypatch.setattr(mindee._MultipartBody, "read", spy)
+    monkeypatch.setattr(transport.MultipartBody, "read", spy)
 
     enqueue(client, big, filename="big.pdf")
 
@@ -424,13 +424,13 @@ def test_a_file_that_shrinks_during_the_upload_is_retryable(
 ) -> None:
     big = tmp_path / "big.pdf"
     big.write_bytes(b"%PDF-1.7\n" + os.urandom(1024 * 1024))
-    read = mindee._MultipartBody.read
+    read = transport.MultipartBody.read
 
-    def shrink_then_read(body: mindee._MultipartBody, size: int = -1) -> bytes:
+    def shrink_then_read(body: transport.MultipartBody, size: int = -1) -> bytes:
         os.truncate(big, 1000)
         return read(body, size)
 
-    monkeypatch.setattr(mindee._MultipartBody, "read", shrink_then_read)
+    monkeypatch.setattr(transport.MultipartBody, "read", shrink_then_read)
     error = raised(lambda: enqueue(client, big, filename="big.pdf"))
     assert (error.status, error.retryable) == (None, True)
     assert "the file shrank while it was being uploaded" in str(error)
