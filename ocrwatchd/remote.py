@@ -9,12 +9,13 @@ fetch. After a crash only an `uploading` row is uploaded again.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import multiprocessing
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -179,12 +180,21 @@ class RemoteWork:
         ):
             log.warning("%s: %s: %s; retrying in %.0f s", inbox.name, row.relpath, message, delay)
 
-    # -- uploading ---------------------------------------------------------------------
-
-    def upload_loop(self, stop: threading.Event) -> None:
+    @contextlib.contextmanager
+    def _thread_tools(self) -> Iterator[tuple[Ledger, MindeeClient]]:
+        """A work thread's own ledger connection and HTTP client, closed when it ends."""
         ledger = Ledger(self.ledger_path, clock=self.clock)
         client = self.client_factory()
         try:
+            yield ledger, client
+        finally:
+            client.close()
+            ledger.close()
+
+    # -- uploading ---------------------------------------------------------------------
+
+    def upload_loop(self, stop: threading.Event) -> None:
+        with self._thread_tools() as (ledger, client):
             while not stop.is_set():
                 if not self._paused_wait(stop):
                     continue
@@ -192,9 +202,6 @@ class RemoteWork:
                     if not self.upload_one(ledger, client):
                         self.work_available.wait(0.2)
                         self.work_available.clear()
-        finally:
-            client.close()
-            ledger.close()
 
     def _claim(self, ledger: Ledger) -> Row | None:
         with self.claim_lock:
@@ -290,9 +297,7 @@ class RemoteWork:
         return loop
 
     def poll_loop(self, stop: threading.Event, index: int) -> None:
-        ledger = Ledger(self.ledger_path, clock=self.clock)
-        client = self.client_factory()
-        try:
+        with self._thread_tools() as (ledger, client):
             while not stop.is_set():
                 if not self._paused_wait(stop):
                     continue
@@ -308,9 +313,6 @@ class RemoteWork:
                             internal_error(ledger, self.inboxes[row.inbox], row, exc)
                     if not rows:
                         stop.wait(0.1)
-        finally:
-            client.close()
-            ledger.close()
 
     def poll_one(self, ledger: Ledger, client: MindeeClient, row: Row) -> None:
         """Poll one job; on Processed, fetch the result and commit it to the ledger."""
