@@ -10,16 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ocrwatchd import __version__, report, service
-from ocrwatchd.config import Config, check_environment, engine_problems, load_config
-from ocrwatchd.errors import (
-    ApiError,
-    ConfigError,
-    EngineError,
-    ExitCode,
-    FileRejected,
-    OcrwatchdError,
-)
+from ocrwatchd import __version__, engines, report, service
+from ocrwatchd.config import Config, check_environment, load_config
+from ocrwatchd.errors import ConfigError, ExitCode, FileRejected, OcrwatchdError
 
 log = logging.getLogger("ocrwatchd")
 
@@ -85,7 +78,7 @@ def _check_config(path: Path) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return ExitCode.CONFIG
-    problems = check_environment(config)
+    problems = check_environment(config) + engines.problems(config)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -110,7 +103,7 @@ def _announce_engine(config: Config) -> None:
 def _run(path: Path, config: Config, *, once: bool) -> int:
     from ocrwatchd.daemon import Daemon, ProgressBar, serve
 
-    fatal = engine_problems(config)
+    fatal = engines.problems(config)
     if fatal:
         raise ConfigError(fatal)
     # The rest may mend itself (an inbox on a share not mounted yet): warn and go on.
@@ -134,39 +127,40 @@ def _run(path: Path, config: Config, *, once: bool) -> int:
 
 
 def _ocr(config: Config, file: Path) -> int:
-    """OCR one file; exit 1 when the file cannot be OCR'd, 75 when trying again later may
-    work, 69 when the API refuses the account."""
+    """OCR one file on the configured engine, the daemon's way; exit 1 when the file
+    cannot be OCR'd, 75 when trying again later may work, 69 when the account is refused."""
     from ocrwatchd import filetypes
+    from ocrwatchd.engines.base import Submission
+    from ocrwatchd.lifecycle import AccountRefused, Failed, Result, Vanished
+    from ocrwatchd.pipeline import ocr_file
 
     source = file.absolute()
-    fatal = engine_problems(config)
+    fatal = engines.problems(config)
     if fatal:
         raise ConfigError(fatal)
     try:
         filetypes.sniff(source)
-        if config.engine == "mindee":
-            from ocrwatchd.remote import ocr_one
-
-            body = ocr_one(config, source)
-        else:
-            from ocrwatchd.engines.local import ocr_document
-
-            body = ocr_document(
-                source,
-                alias=str(source),
-                languages=config.local.languages,
-                tessdata_dir=config.local.tessdata_dir,
-            )
-    except EngineError as exc:
-        print(f"ocrwatchd: {source}: {exc}", file=sys.stderr)
-        if isinstance(exc, ApiError) and exc.pauses_work:
-            return ExitCode.UNAVAILABLE
-        return ExitCode.TEMPFAIL if exc.retryable else ExitCode.FAILURES
     except FileRejected as exc:
         print(f"ocrwatchd: {source}: {exc}", file=sys.stderr)
         return ExitCode.FAILURES
-    sys.stdout.buffer.write(body + (b"" if body.endswith(b"\n") else b"\n"))
-    return ExitCode.OK
+    inbox = next((i for i in config.inboxes if i.path in source.parents), None)
+    model = config.model_id_for(inbox) if inbox else config.mindee.model_id
+    engine = engines.build(config)
+    try:
+        outcome = ocr_file(engine, Submission(source, str(source), model))
+    finally:
+        engine.close()
+    if isinstance(outcome, Result):
+        body = outcome.body
+        sys.stdout.buffer.write(body + (b"" if body.endswith(b"\n") else b"\n"))
+        return ExitCode.OK
+    message = getattr(outcome, "message", None) or getattr(outcome, "reason", None)
+    if isinstance(outcome, Vanished):
+        message = "the file is gone"
+    print(f"ocrwatchd: {source}: {message}", file=sys.stderr)
+    if isinstance(outcome, AccountRefused):
+        return ExitCode.UNAVAILABLE
+    return ExitCode.FAILURES if isinstance(outcome, Failed | Vanished) else ExitCode.TEMPFAIL
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -177,8 +177,9 @@ def check_environment(config: Config) -> list[str]:
     """Given a loaded Config, return the filesystem problems, formatted like `load_config`'s.
 
     Inboxes must be readable directories (writable too unless on_success is keep); outboxes,
-    archive, failed and state directories must exist or be creatable, and be writable; with
-    the local engine, its languages must be installed. An empty list means all is well.
+    archive, failed and state directories must exist or be creatable, and be writable. (The
+    engine's own problems come from `ocrwatchd.engines.problems`.) An empty list means all
+    is well.
     """
     problems: list[str] = []
 
@@ -194,26 +195,7 @@ def check_environment(config: Config) -> list[str]:
             if directory is not None:
                 report(f"{key}.{name}", _writable_problem(directory))
     report("state_dir", _writable_problem(config.state_dir))
-    problems.extend(engine_problems(config))
     return problems
-
-
-def engine_problems(config: Config) -> list[str]:
-    """Problems that keep the configured engine from working at all (the local engine's
-    language data missing, or its libraries), formatted like every other problem. The
-    daemon refuses to start with any of them."""
-    if config.engine != "local":
-        return []
-    key = "local.languages"
-    try:
-        from ocrwatchd.engines.local import language_problems
-    except ImportError as error:
-        key = "engine"
-        messages = [f"the local engine cannot be loaded: {error}"]
-    else:
-        messages = language_problems(config.local.languages, config.local.tessdata_dir)
-    mark = config.marks.get(key)
-    return [format_problem(config.source, mark, key, message) for message in messages]
 
 
 def _read_text(source: Path, ctx: Context) -> str | None:

@@ -2,15 +2,16 @@
 
 Threads (each owns its ledger connection and HTTP session):
     watchdog observers → intake (settle, rules, dedupe) → ledger
-    uploaders + pollers (mindee) or the local dispatcher → ledger → finisher → outbox
-The main thread only supervises: signal handlers set flags; it pings the systemd
-watchdog while every work thread is alive and publishes STATUS= lines. A work thread that
-dies is fatal (exit 70): systemd restarts the unit and the ledger resumes the work.
+    submitters + pollers (`pipeline`, over the configured engine) → ledger → finisher → outbox
+The main thread only supervises: signal handlers set flags and wake it; it pings the
+systemd watchdog while every work thread is alive and publishes STATUS= lines. A work
+thread that dies is fatal (exit 70): systemd restarts the unit and the ledger resumes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import signal
 import sys
@@ -22,32 +23,25 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from ocrwatchd import service
+from ocrwatchd import engines, service
 from ocrwatchd.config import Config, load_config
 from ocrwatchd.errors import ConfigError, ExitCode, StateError
 from ocrwatchd.finisher import Finisher
 from ocrwatchd.intake import Intake
-from ocrwatchd.ledger import (
-    FAILED,
-    FETCHED,
-    IN_FLIGHT,
-    PENDING,
-    SETTLING,
-    Ledger,
-    storage_trouble,
-)
+from ocrwatchd.ledger import Ledger, storage_trouble
+from ocrwatchd.lifecycle import WAITING, Interrupted, Lifecycle, State
+from ocrwatchd.pipeline import Poller, Shared, Submitter, run_loop
 from ocrwatchd.watcher import SCAN_DIR, Event, start_observer, watch_mode, watching
 
 if TYPE_CHECKING:
     from watchdog.observers.api import BaseObserver
 
-    from ocrwatchd.engines.local import LocalEngine
-    from ocrwatchd.remote import RemoteWork, ResultChecker
+    from ocrwatchd.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
-STATUS_EVERY = 5.0
-WAITING = (SETTLING, PENDING, *IN_FLIGHT)
+STATUS_EVERY = 5.0  # seconds between STATUS= lines, when something changed
+STOP_WITHIN = 4.0  # seconds the threads get to finish their step on a stop
 
 
 @dataclass
@@ -73,29 +67,39 @@ class Daemon:
         self.once = once
         self.progress = progress
         self.flags = Flags()
+        self.wake = threading.Event()  # the main loop's
         self.stop = threading.Event()
-        self.work_available = threading.Event()
         self.events: queue.Queue[Event] = queue.Queue()
         self.threads: list[threading.Thread] = []
+        self.loop_events: list[threading.Event] = []
         self.fatal: str | None = None
         self.scanned = threading.Event()
         self.intake_beat = time.monotonic()
         self.intake: Intake | None = None
         self.modes: dict[str, str] = {}
-        self.remote: RemoteWork | None = None
-        self.local_engine: LocalEngine | None = None
+        self.engine: Engine | None = None
+        self.shared: Shared | None = None
+        self.finisher: Finisher | None = None
         self.observers: dict[str, BaseObserver] = {}
-        self.checker: ResultChecker | None = None
+        self.ledger_path = config.state_dir / "ledger.db"
+
+    @property
+    def reloading(self) -> bool:
+        return self.flags.reload and not self.flags.stop and not self.fatal
 
     # -- signals -------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
         def on_stop(signum: int, _frame: FrameType | None) -> None:
+            if self.flags.stop:  # a second signal: the user does not want to wait
+                os._exit(128 + signum)
             self.flags.stop = True
             self.flags.signals.append(signum)
+            self.wake.set()
 
         def on_reload(_signum: int, _frame: FrameType | None) -> None:
             self.flags.reload = True
+            self.wake.set()
 
         signal.signal(signal.SIGTERM, on_stop)
         signal.signal(signal.SIGINT, on_stop)
@@ -112,16 +116,32 @@ class Daemon:
                 self.fatal = f"thread {name} died: {exc!r}"
                 log.critical("thread %s died", name, exc_info=True)
                 self.stop.set()
+                self.wake.set()
 
         thread = threading.Thread(target=guarded, name=f"ocrwatchd-{name}", daemon=True)
         self.threads.append(thread)
         thread.start()
 
+    def _lifecycle(self, ledger: Ledger, finisher: Finisher | None = None) -> Lifecycle:
+        assert self.engine is not None
+        return Lifecycle(
+            ledger,
+            {inbox.name: inbox for inbox in self.config.inboxes},
+            policy=self.engine.policy,
+            on_result=finisher.notify if finisher else None,
+        )
+
     def _intake_loop(self, stop: threading.Event) -> None:
-        ledger = Ledger(self.config.state_dir / "ledger.db")
+        assert self.shared is not None
+        ledger = Ledger(self.ledger_path)
         modes = {inbox.name: self.modes[inbox.name] for inbox in self.config.inboxes}
         intake = Intake(
-            self.config, ledger, self.events, work_available=self.work_available, modes=modes
+            self.config,
+            self._lifecycle(ledger),
+            self.events,
+            on_queued=self.shared.submit_wake.notify,
+            modes=modes,
+            stop=stop,
         )
         self.intake = intake
         try:
@@ -131,50 +151,61 @@ class Daemon:
             while not stop.is_set():
                 self.intake_beat = time.monotonic()
                 with storage_trouble(stop, "intake"):
-                    intake.step()
+                    until_scan = max(0.0, next_scan - time.monotonic())
+                    intake.step(timeout=min(intake.rest(), until_scan))
                     if time.monotonic() >= next_scan and not self.once:
                         intake.scan_all()
                         next_scan = time.monotonic() + self.config.reconcile_interval
         finally:
             ledger.close()
 
-    # -- running -------------------------------------------------------------------
+    def _loop_thread(
+        self, make: Callable[[Lifecycle], Submitter | Poller], *wakeups: object
+    ) -> Callable[[threading.Event], None]:
+        event = threading.Event()
+        self.loop_events.append(event)
+        for wakeup in wakeups:
+            wakeup.subscribe(event)  # type: ignore[attr-defined]
 
-    def _engine_threads(
-        self, finisher: Finisher
-    ) -> list[tuple[str, Callable[[threading.Event], None]]]:
-        path = self.config.state_dir / "ledger.db"
-        if self.config.engine == "mindee":
-            from ocrwatchd.engines.mindee import MindeeClient
-            from ocrwatchd.remote import RemoteWork, ResultChecker
+        def target(stop: threading.Event) -> None:
+            ledger = Ledger(self.ledger_path)
+            try:
+                loop = make(self._lifecycle(ledger, self.finisher))
+                run_loop(type(loop).__name__.lower(), loop.step, loop.rest, event, stop)
+            finally:
+                ledger.close()
 
-            settings = self.config.mindee
-            assert settings.api_key is not None
-            api_key = settings.api_key
-            checker = self.checker = ResultChecker()
+        return target
 
-            def client() -> MindeeClient:
-                return MindeeClient(
-                    settings.base_url,
-                    api_key,
-                    request_timeout=settings.request_timeout,
-                    check_result=checker,
-                )
-
-            self.remote = RemoteWork(
-                self.config, path, finisher, self.work_available, client_factory=client
+    def _engine_threads(self) -> list[tuple[str, Callable[[threading.Event], None]]]:
+        """A submitter and a poller loop per engine thread: submissions and polls of
+        the API wait on the network, so the Mindee engine gets several of each."""
+        shared = self.shared
+        assert shared is not None and self.engine is not None
+        remote = self.engine.name == "mindee"
+        submitters = max(1, min(4 if remote else 1, self.engine.capacity))
+        pollers = 2 if remote else 1
+        threads = [
+            (
+                f"submitter-{n}",
+                self._loop_thread(lambda lc: Submitter(shared, lc), shared.submit_wake),
             )
-            return self.remote.threads()
-        from ocrwatchd.engines.local import LocalEngine
-        from ocrwatchd.localwork import LocalWork
+            for n in range(submitters)
+        ]
+        for index in range(pollers):
+            threads.append(
+                (
+                    f"poller-{index}",
+                    self._loop_thread(
+                        lambda lc, i=index: Poller(shared, lc, (i, pollers)),  # type: ignore[misc]
+                        shared.poll_wake,
+                        self.engine.news,
+                    ),
+                )
+            )
+        return threads
 
-        local = self.config.local
-        self.local_engine = LocalEngine(
-            workers=local.workers, languages=local.languages, tessdata_dir=local.tessdata_dir
-        )
-        return LocalWork(
-            self.config, path, finisher, self.work_available, self.local_engine
-        ).threads()
+    # -- running -------------------------------------------------------------------
 
     def run(self) -> int:
         """Run until stopped (or, with once, until every file is done or failed)."""
@@ -185,21 +216,21 @@ class Daemon:
                 inbox.outbox.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StateError(f"cannot create a state or outbox directory: {exc}") from exc
-        ledger = Ledger(config.state_dir / "ledger.db")
+        ledger = Ledger(self.ledger_path)
         try:
-            moved = ledger.recover_after_restart(engine=config.engine)
+            self.engine = engines.build(config, daemon=True)
+            self.shared = Shared(self.engine, config, self.stop)
+            lifecycle = self._lifecycle(ledger)
+            moved = recover(lifecycle, self.engine)
             if moved:
                 log.info("resuming: %d interrupted file(s) queued again", moved)
             ledger.set_paused(None)
             self.modes = {inbox.name: watch_mode(inbox) for inbox in config.inboxes}
             if not self.once:
                 self._ensure_watches(starting=True)
-            finisher = Finisher(config, config.state_dir / "ledger.db")
-            engine_threads = self._engine_threads(finisher)
+            finisher = self.finisher = Finisher(config, self.ledger_path)
             self._spawn("intake", self._intake_loop)
-            for name, target in finisher.threads():
-                self._spawn(name, target)
-            for name, target in engine_threads:
+            for name, target in [*finisher.threads(), *self._engine_threads()]:
                 self._spawn(name, target)
             service.notify("READY=1")
             log.info(
@@ -210,19 +241,32 @@ class Daemon:
             )
             return self._supervise(ledger)
         finally:
-            service.notify("STOPPING=1")
-            self.stop.set()
-            for observer in self.observers.values():
-                observer.stop()
-            for observer in self.observers.values():
-                observer.join(timeout=10)
-            for thread in self.threads:
-                thread.join(timeout=30)
-            if self.local_engine is not None:
-                self.local_engine.close()
-            if self.checker is not None:
-                self.checker.close()
+            self._shut_down()
             ledger.close()
+
+    def _shut_down(self) -> None:
+        """Tell systemd what comes (a reload, or a stop), then stop every thread within
+        STOP_WITHIN seconds: a step cut short is as safe as a crash, which the ledger
+        is made for."""
+        if self.reloading:
+            service.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        else:
+            service.notify("STOPPING=1")
+        self.stop.set()
+        for event in self.loop_events:
+            event.set()
+        for observer in self.observers.values():
+            observer.stop()
+        deadline = time.monotonic() + STOP_WITHIN
+        for observer in self.observers.values():
+            observer.join(timeout=max(0.0, deadline - time.monotonic()))
+        for thread in self.threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        left = [thread.name for thread in self.threads if thread.is_alive()]
+        if left:
+            log.warning("stopped with %s still busy; the next start resumes", ", ".join(left))
+        if self.engine is not None:
+            self.engine.close()
 
     def _ensure_watches(self, *, starting: bool = False) -> None:
         """Start a watch for every inbox that has none, or whose watch ended (its folder
@@ -260,12 +304,15 @@ class Daemon:
         next_ping = next_status = 0.0
         started = time.time()
         while True:
+            self.wake.clear()
             if self.fatal:
                 log.critical("stopping: %s", self.fatal)
                 return ExitCode.SOFTWARE
             if self.flags.stop:
                 names = ", ".join(signal.Signals(n).name for n in self.flags.signals)
                 log.info("stopping (%s)", names or "asked to")
+                if signal.SIGINT in self.flags.signals:
+                    return ExitCode.INTERRUPTED
                 # A batch cut short did not finish its files: say so to the caller.
                 return ExitCode.TEMPFAIL if self.once else ExitCode.OK
             if self.flags.reload:
@@ -277,7 +324,8 @@ class Daemon:
                 service.notify("WATCHDOG=1")
                 next_ping = now + watchdog
             if now >= next_status:
-                service.notify("STATUS=" + self.status_line(ledger))
+                if ledger.changed():
+                    service.notify("STATUS=" + self.status_line(ledger))
                 next_status = now + STATUS_EVERY
                 if not self.once:
                     self._ensure_watches()
@@ -285,7 +333,12 @@ class Daemon:
                 result = self._once_progress(ledger, started)
                 if result is not None:
                     return result
-            time.sleep(0.1)
+                self.wake.wait(0.1)
+                continue
+            until = [next_status - time.monotonic()]
+            if watchdog:
+                until.append(next_ping - time.monotonic())
+            self.wake.wait(max(0.01, min(until)))
 
     def status_line(self, ledger: Ledger) -> str:
         counts = {state: 0 for state in ("pending", "processing", "done", "failed")}
@@ -294,13 +347,15 @@ class Daemon:
                 counts[state] += per_inbox.get(state, 0) + (
                     per_inbox.get("uploading", 0) if state == "processing" else 0
                 )
-        paused = (
-            " (remote work paused)" if self.remote is not None and self.remote.pause.reason else ""
-        )
+        paused = " (remote work paused)" if self.paused_reason else ""
         return (
             f"{counts['pending']} pending, {counts['processing']} in flight,"
             f" {counts['done']} done, {counts['failed']} failed{paused}"
         )
+
+    @property
+    def paused_reason(self) -> str | None:
+        return self.shared.gate.reason if self.shared is not None else None
 
     def _once_progress(self, ledger: Ledger, started: float) -> int | None:
         """In once mode: report progress; return the exit code when all is finished."""
@@ -309,8 +364,8 @@ class Daemon:
         if self.progress is not None:
             done, failed = ledger.finished_since(started)
             self.progress(done + failed, done + failed + waiting, failed)
-        if self.remote is not None and self.remote.pause.reason and ledger.count((FETCHED,)) == 0:
-            log.error("%s", self.remote.pause.reason)
+        if self.paused_reason and ledger.count((State.FETCHED,)) == 0:
+            log.error("%s", self.paused_reason)
             return ExitCode.UNAVAILABLE
         if waiting:
             return None
@@ -322,7 +377,7 @@ class Daemon:
             return ExitCode.UNAVAILABLE
         failed_rows = [
             row
-            for row in ledger.rows(states=(FAILED,))
+            for row in ledger.rows(states=(State.FAILED,))
             if row.updated_at >= started or self._source_present(row.inbox, row.relpath)
         ]
         return ExitCode.FAILURES if failed_rows else ExitCode.OK
@@ -334,15 +389,34 @@ class Daemon:
         return False
 
 
+def recover(lifecycle: Lifecycle, engine: Engine) -> int:
+    """Put work cut short by a stop or a crash back in the queue; returns how many rows.
+
+    A submission cut short is made again (the one upload that may repeat). A job keeps
+    being followed when its engine's job ids survive a restart and it is still that
+    engine's; otherwise the file is submitted again.
+    """
+    moved = 0
+    for row in lifecycle.ledger.rows(states=(State.UPLOADING, State.PROCESSING)):
+        resumable = (
+            row.state == State.PROCESSING
+            and row.job_id is not None
+            and row.engine == engine.name
+            and engine.durable_jobs
+        )
+        if not resumable and lifecycle.apply(row, Interrupted()):
+            moved += 1
+    return moved
+
+
 def serve(config_path: Path, config: Config) -> int:
     """`ocrwatchd run`: run, reloading the config on SIGHUP, until SIGTERM/SIGINT."""
     while True:
         daemon = Daemon(config)
         daemon.install_signal_handlers()
         code = daemon.run()
-        if not daemon.flags.reload or daemon.flags.stop or daemon.fatal:
+        if not daemon.reloading:
             return code
-        service.notify("RELOADING=1")
         try:
             config = load_config(config_path)
             log.info("config reloaded from %s", config_path)

@@ -21,6 +21,7 @@ class ExitCode(IntEnum):
     CANTCREAT = 73
     TEMPFAIL = 75
     CONFIG = 78
+    INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 
 class OcrwatchdError(Exception):

@@ -23,10 +23,10 @@ from pathlib import Path
 from ocrwatchd import filetypes, outbox
 from ocrwatchd.config import Config, InboxConfig
 from ocrwatchd.errors import FileRejected
-from ocrwatchd.finisher import dispose_source, fail_file
-from ocrwatchd.ledger import DONE, IGNORED, PENDING, SETTLING, Ledger, Row
+from ocrwatchd.ledger import Row
+from ocrwatchd.lifecycle import Duplicate, Failed, Lifecycle, Settled, State, Vanished
+from ocrwatchd.pipeline import identity_of
 from ocrwatchd.rules import skip_reason
-from ocrwatchd.service import file_fields
 from ocrwatchd.watcher import (
     CHANGED,
     COMPLETE,
@@ -46,6 +46,7 @@ TICK = 0.1  # seconds between settle checks; small next to any sensible settle_s
 # A file left unchanged this long is taken as complete even without a close event (one
 # lost to inotify overflow, or a writer that keeps the file open but idle).
 QUIET_FALLBACK = 60.0
+REST = 5.0  # seconds to wait for hints when nothing settles (the watchers wake it)
 
 
 @dataclass
@@ -74,17 +75,20 @@ class Intake:
     def __init__(
         self,
         config: Config,
-        ledger: Ledger,
+        lifecycle: Lifecycle,
         events: queue.Queue[Event],
         *,
-        work_available: threading.Event,
+        on_queued: Callable[[], None],
         modes: dict[str, str],
+        stop: threading.Event | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self.ledger = ledger
+        self.lifecycle = lifecycle
+        self.ledger = lifecycle.ledger
         self.events = events
-        self.work_available = work_available
+        self.on_queued = on_queued
+        self.stop = stop or threading.Event()
         self.modes = modes
         self.clock = clock
         self.inboxes = {inbox.name: inbox for inbox in config.inboxes}
@@ -93,6 +97,10 @@ class Intake:
         self.available: dict[str, bool] = {}
 
     # -- the loop ------------------------------------------------------------------
+
+    def rest(self) -> float:
+        """How long the loop may wait for hints: a tick while files settle, else long."""
+        return TICK if self.candidates else REST
 
     def step(self, timeout: float = TICK) -> None:
         """Handle the hints that arrive within `timeout`, then check settling files."""
@@ -133,6 +141,8 @@ class Intake:
         known = self.ledger.inbox_rows(inbox.name)
         try:
             for entry in walk(inbox, top):
+                if self.stop.is_set():
+                    return True
                 seen.add(entry.relpath)
                 if not self._unchanged(known.get(entry.relpath), entry.path):
                     self._guarded(self.handle, inbox, entry.path, SCANNED)
@@ -146,15 +156,15 @@ class Intake:
 
     @staticmethod
     def _unchanged(row: Row | None, path: Path) -> bool:
-        """A finished row whose file still has its size and mtime: nothing to do (so a
-        rescan of a large inbox costs a stat per file, not a ledger write)."""
-        if row is None or row.state == SETTLING or row.size is None:
+        """A row whose file is still the same version: nothing to do (so a rescan of a
+        large inbox costs a stat per file, not a ledger write)."""
+        if row is None or row.state == State.SETTLING or row.size is None:
             return False
         try:
             info = path.stat()
         except OSError:
             return False
-        return (info.st_size, info.st_mtime_ns) == (row.size, row.mtime_ns)
+        return row.same_identity(identity_of(info))
 
     def scan_all(self) -> None:
         for inbox in self.config.inboxes:
@@ -178,21 +188,13 @@ class Intake:
         )
 
     def _forget_missing(self, inbox: InboxConfig, seen: set[str]) -> None:
-        for row in self.ledger.rows(states=(SETTLING, PENDING), inbox=inbox.name):
+        for row in self.ledger.rows(states=(State.SETTLING, State.PENDING), inbox=inbox.name):
             if row.relpath not in seen:
                 self._vanished(inbox, row)
 
     def _vanished(self, inbox: InboxConfig, row: Row) -> None:
         self.candidates.pop((inbox.name, row.relpath), None)
-        if self.ledger.transition(
-            row, IGNORED, reason="the file was removed from the inbox before it was processed"
-        ):
-            log.info(
-                "%s: %s removed before processing; ignored",
-                inbox.name,
-                row.relpath,
-                extra=file_fields(inbox.name, row.relpath, IGNORED),
-            )
+        self.lifecycle.apply(row, Vanished())
 
     # -- one path ------------------------------------------------------------------
 
@@ -208,7 +210,9 @@ class Intake:
             # Linux allows any bytes in a name; SQLite, JSON and the API want UTF-8.
             if hint != GONE:
                 shown = relpath.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-                self.ledger.ignore(inbox.name, shown, "the file name is not valid UTF-8; rename it")
+                self.lifecycle.ignore(
+                    inbox.name, shown, "the file name is not valid UTF-8; rename it"
+                )
             return
         if hint == SCAN_DIR:
             if path.is_dir() and not path.is_symlink():
@@ -217,7 +221,7 @@ class Intake:
         skip = skip_reason(inbox, relpath)
         if skip is not None:
             if skip.record and hint != GONE:
-                self.ledger.ignore(inbox.name, relpath, skip.reason)
+                self.lifecycle.ignore(inbox.name, relpath, skip.reason)
             return
         key = (inbox.name, relpath)
         try:
@@ -226,7 +230,7 @@ class Intake:
         except FileNotFoundError:
             self.candidates.pop(key, None)
             row = self.ledger.find(inbox.name, relpath)
-            if row is not None and row.state in (SETTLING, PENDING):
+            if row is not None and row.state in (State.SETTLING, State.PENDING):
                 self._vanished(inbox, row)
             return
         except OSError as exc:
@@ -234,10 +238,10 @@ class Intake:
             return
         if unsafe is not None or info is None:
             self.candidates.pop(key, None)
-            self.ledger.ignore(inbox.name, relpath, unsafe or "unreadable")
+            self.lifecycle.ignore(inbox.name, relpath, unsafe or "unreadable")
             return
-        row, _ = self.ledger.observe(inbox.name, relpath, info.st_size, info.st_mtime_ns)
-        if row.state != SETTLING:
+        row, _ = self.lifecycle.observe(inbox.name, relpath, identity_of(info))
+        if row.state != State.SETTLING:
             self.candidates.pop(key, None)
             return
         # Whether the writer is finished. Polling sees no writers: settling alone decides.
@@ -297,29 +301,22 @@ class Intake:
         except OSError as exc:
             log.warning("%s: cannot read %s: %s; will look again", inbox.name, relpath, exc)
             return
-        if (info.st_size, info.st_mtime_ns) != (row.size, row.mtime_ns):
+        if not row.same_identity(identity_of(info)):
             self.handle(inbox, path, SCANNED)  # changed while settling or hashing
             return
         try:
             kind = filetypes.sniff(path)
         except FileRejected as exc:
-            fail_file(self.ledger, inbox, row, str(exc), sha256=digest)
+            self.lifecycle.apply(row, Failed(str(exc)))
             return
         except OSError as exc:
             log.warning("%s: cannot read %s: %s; will look again", inbox.name, relpath, exc)
             return
         if inbox.dedupe and self._reuse(inbox, row, digest, path):
             return
-        if self.ledger.transition(row, PENDING, sha256=digest, next_attempt_at=0):
-            log.info(
-                "%s: %s queued (%s, %d bytes)",
-                inbox.name,
-                relpath,
-                kind.mime_type,
-                info.st_size,
-                extra=file_fields(inbox.name, relpath, PENDING, sha256=digest),
-            )
-            self.work_available.set()
+        queued = Settled(digest, f"queued ({kind.mime_type}, {info.st_size} bytes)")
+        if self.lifecycle.apply(row, queued):
+            self.on_queued()
 
     def _reuse(self, inbox: InboxConfig, row: Row, digest: str, path: Path) -> bool:
         """Dedupe: identical content already done in this inbox → copy its result."""
@@ -337,17 +334,5 @@ class Intake:
                 exc,
             )
             return False
-        if not self.ledger.transition(
-            row, DONE, sha256=digest, result_path=str(target), duplicate_of=original.id
-        ):
-            return True
-        log.info(
-            "%s: %s is a duplicate of %s; result reused at %s",
-            inbox.name,
-            row.relpath,
-            original.relpath,
-            target,
-            extra=file_fields(inbox.name, row.relpath, DONE, result=str(target)),
-        )
-        dispose_source(self.ledger, inbox, row)
+        self.lifecycle.apply(row, Duplicate(digest, str(target), original.id, original.relpath))
         return True

@@ -75,3 +75,20 @@ def backoff_delay(
     if retry_after is not None:
         delay = max(delay, retry_after)
     return delay
+
+
+class Wakeup:
+    """Wakes the loops waiting for one kind of news: each loop waits on its own Event
+    (clearing it is then its own business), and `notify` sets them all."""
+
+    def __init__(self) -> None:
+        self._events: list[threading.Event] = []
+
+    def subscribe(self, event: threading.Event | None = None) -> threading.Event:
+        event = event or threading.Event()
+        self._events.append(event)
+        return event
+
+    def notify(self) -> None:
+        for event in self._events:
+            event.set()

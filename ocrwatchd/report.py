@@ -9,19 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ocrwatchd.config import Config, InboxConfig
-from ocrwatchd.ledger import (
-    DONE,
-    FAILED,
-    FETCHED,
-    IGNORED,
-    PENDING,
-    PROCESSING,
-    PUBLIC_STATES,
-    SETTLING,
-    UPLOADING,
-    Ledger,
-    Row,
-)
+from ocrwatchd.ledger import Ledger, Row
+from ocrwatchd.lifecycle import PUBLIC_STATES, Lifecycle, Requeued, State
 from ocrwatchd.rules import skip_reason
 from ocrwatchd.watcher import inbox_available, watch_mode
 
@@ -54,9 +43,9 @@ def row_json(config: Config, row: Row) -> dict[str, Any]:
         "relpath": row.relpath,
         "state": row.public_state,
         "internal_state": row.state,
-        "reason": row.reason if row.state in (FAILED, IGNORED) else None,
+        "reason": row.reason if row.state in (State.FAILED, State.IGNORED) else None,
         "job_id": row.job_id,
-        "result": row.result_path if row.state == DONE else None,
+        "result": row.result_path if row.state == State.DONE else None,
         "attempts": row.attempts,
         "updated_at": _iso(row.updated_at),
         "created_at": _iso(row.created_at),
@@ -174,51 +163,53 @@ def retry(config: Config, paths: list[Path]) -> tuple[int, list[str]]:
     ledger = _ledger(config)
     if ledger is None:
         return 0, [str(path) for path in paths]
+    lifecycle = Lifecycle(ledger, {inbox.name: inbox for inbox in config.inboxes})
     try:
         if not paths:
-            return ledger.retry_failed(), []
-        ids, unknown = [], []
+            rows = ledger.rows(states=(State.FAILED,))
+            return sum(lifecycle.apply(row, Requeued()) for row in rows), []
+        rows, unknown = [], []
         for path in paths:
             found = locate(config, path)
             row = ledger.find(found[0].name, found[1]) if found else None
-            if row is None or row.state != FAILED:
+            if row is None or row.state != State.FAILED:
                 unknown.append(str(path))
             else:
-                ids.append(row.id)
-        return ledger.retry_failed(ids), unknown
+                rows.append(row)
+        return sum(lifecycle.apply(row, Requeued()) for row in rows), unknown
     finally:
         ledger.close()
 
 
 def _sentence(config: Config, inbox: InboxConfig, row: Row) -> str:
     name = row.relpath
-    if row.state == SETTLING:
+    if row.state == State.SETTLING:
         return (
             f"{name} is still settling: it is queued once its size and mtime stay unchanged"
             f" for {inbox.settle_seconds:g} s after the writer closes it."
         )
-    if row.state == PENDING:
+    if row.state == State.PENDING:
         if row.last_error and row.next_attempt_at > time.time():
             return (
                 f"{name} is queued for another attempt at {_iso(row.next_attempt_at)}"
                 f" after: {row.last_error}"
             )
         return f"{name} is queued for OCR."
-    if row.state == UPLOADING:
+    if row.state == State.UPLOADING:
         return f"{name} is being uploaded to the Mindee API (attempt {row.attempts})."
-    if row.state == PROCESSING:
+    if row.state == State.PROCESSING:
         where = "the Mindee API" if row.engine == "mindee" else "the local OCR engine"
         return f"{name} is being processed by {where} (job {row.job_id})."
-    if row.state == FETCHED:
+    if row.state == State.FETCHED:
         return f"{name}'s result has been received and is being written to the outbox."
-    if row.state == DONE:
+    if row.state == State.DONE:
         if row.duplicate_of is not None:
             return (
                 f"{name} is done: a duplicate of an earlier file, its result reused at"
                 f" {row.result_path}."
             )
         return f"{name} is done: result at {row.result_path}."
-    if row.state == FAILED:
+    if row.state == State.FAILED:
         return f"{name} failed: {row.reason}. Fix the cause, then run `ocrwatchd retry`."
     return f"{name} is ignored: {row.reason}."
 
@@ -263,7 +254,7 @@ def explain(config: Config, path: Path) -> dict[str, Any]:
     if skip is not None:
         return {
             **base,
-            "state": IGNORED,
+            "state": State.IGNORED,
             "reason": skip.reason,
             "explanation": f"{relpath} is ignored: {skip.reason}.",
         }

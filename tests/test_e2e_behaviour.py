@@ -166,7 +166,12 @@ def test_sighup_reloads_the_config_and_watches_a_new_inbox(tmp_path, emulator):
         drop(tmp_path / "second-in" / "later.jpg", RECEIPT)
         wait_for(lambda: (tmp_path / "second-out" / "later.jpg.json").exists())
         assert daemon.stop() == 0
-    assert "RELOADING=1" in daemon.messages
+    # Under systemd, STOPPING=1 would start a stop: a reload says RELOADING=1 (with the
+    # time, as sd_notify(3) asks) and READY=1 once done; STOPPING=1 comes only at the end.
+    lifecycle = [m for m in daemon.messages if not m.startswith(("STATUS=", "WATCHDOG="))]
+    kinds = [message.split("\n")[0] for message in lifecycle]
+    assert kinds == ["READY=1", "RELOADING=1", "READY=1", "RELOADING=1", "READY=1", "STOPPING=1"]
+    assert all("\nMONOTONIC_USEC=" in m for m in lifecycle if m.startswith("RELOADING=1"))
 
 
 def test_check_config_reports_every_problem_with_its_position(tmp_path):

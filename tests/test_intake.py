@@ -13,7 +13,8 @@ import pytest
 
 from ocrwatchd.config import load_config
 from ocrwatchd.intake import Intake
-from ocrwatchd.ledger import FAILED, IGNORED, PENDING, SETTLING, Ledger
+from ocrwatchd.ledger import Ledger
+from ocrwatchd.lifecycle import Lifecycle, State
 from ocrwatchd.rules import skip_reason
 from ocrwatchd.watcher import start_observer
 from tests.helpers import FIXTURES, drop, inbox_settings, wait_for, write_config
@@ -32,11 +33,12 @@ class Harness:
         self.inbox = self.config.inboxes[0]
         self.ledger = Ledger(self.config.state_dir / "ledger.db")
         self.events: queue.Queue = queue.Queue()
+        self.queued = threading.Event()
         self.intake = Intake(
             self.config,
-            self.ledger,
+            Lifecycle(self.ledger, {self.inbox.name: self.inbox}),
             self.events,
-            work_available=threading.Event(),
+            on_queued=self.queued.set,
             modes={self.inbox.name: "events"},
         )
         self.observer = start_observer(self.inbox, "events", self.events)
@@ -64,7 +66,7 @@ def harness(tmp_path: Path) -> Iterator[Harness]:
 
 def test_a_file_renamed_into_place_is_queued_after_settling(harness):
     drop(harness.inbox.path / "scan.jpg", JPEG)
-    harness.wait_state("scan.jpg", PENDING)
+    harness.wait_state("scan.jpg", State.PENDING)
     assert harness.ledger.find("scans", "scan.jpg.part") is None
     row = harness.ledger.find("scans", "scan.jpg")
     assert row.sha256 is not None and row.size == len(JPEG)
@@ -75,7 +77,7 @@ def test_a_file_moved_in_from_outside_the_inbox_needs_no_close_event(harness, tm
     outside.write_bytes(JPEG)
     (harness.inbox.path / "new folder").mkdir()
     os.rename(outside, harness.inbox.path / "new folder" / "moved.jpg")
-    harness.wait_state("new folder/moved.jpg", PENDING, timeout=5)
+    harness.wait_state("new folder/moved.jpg", State.PENDING, timeout=5)
 
 
 def test_a_file_still_being_written_is_not_queued_until_closed(harness):
@@ -85,9 +87,9 @@ def test_a_file_still_being_written_is_not_queued_until_closed(harness):
         writer.flush()
         deadline = time.monotonic() + 1.0  # five settle periods with the file open
         while time.monotonic() < deadline:
-            assert harness.state("slow.jpg") in (None, SETTLING)
+            assert harness.state("slow.jpg") in (None, State.SETTLING)
         writer.write(JPEG[1000:])
-    harness.wait_state("slow.jpg", PENDING)
+    harness.wait_state("slow.jpg", State.PENDING)
     assert harness.ledger.find("scans", "slow.jpg").size == len(JPEG)
 
 
@@ -108,13 +110,13 @@ def test_writer_temp_names_and_os_junk_are_never_recorded(harness):
         (inbox / name).parent.mkdir(parents=True, exist_ok=True)
         (inbox / name).write_bytes(JPEG)
     drop(inbox / "real.jpg", JPEG)
-    harness.wait_state("real.jpg", PENDING)
+    harness.wait_state("real.jpg", State.PENDING)
     assert [row.relpath for row in harness.ledger.rows()] == ["real.jpg"]
 
 
 def test_files_outside_the_include_patterns_are_listed_as_ignored(harness):
     drop(harness.inbox.path / "notes.docx", b"PK\x03\x04 not a scan")
-    harness.wait_state("notes.docx", IGNORED)
+    harness.wait_state("notes.docx", State.IGNORED)
     assert "include patterns" in harness.ledger.find("scans", "notes.docx").reason
 
 
@@ -131,24 +133,24 @@ def test_a_symlink_leaving_the_inbox_is_refused_but_one_inside_is_followed(harne
     outside = tmp_path / "secret.jpg"
     outside.write_bytes(JPEG)
     os.symlink(outside, harness.inbox.path / "escape.jpg")
-    harness.wait_state("escape.jpg", IGNORED)
+    harness.wait_state("escape.jpg", State.IGNORED)
     assert "outside the inbox" in harness.ledger.find("scans", "escape.jpg").reason
     drop(harness.inbox.path / "real.jpg", JPEG)
     os.symlink(harness.inbox.path / "real.jpg", harness.inbox.path / "alias.jpg")
     harness.intake.scan_all()
-    harness.wait_state("alias.jpg", PENDING)
+    harness.wait_state("alias.jpg", State.PENDING)
 
 
 def test_a_fifo_is_refused_without_blocking(harness):
     os.mkfifo(harness.inbox.path / "pipe.jpg")
     harness.intake.scan_all()
-    harness.wait_state("pipe.jpg", IGNORED)
+    harness.wait_state("pipe.jpg", State.IGNORED)
     assert "FIFO" in harness.ledger.find("scans", "pipe.jpg").reason
 
 
 def test_an_unsupported_file_fails_before_upload_with_a_reason(harness):
     drop(harness.inbox.path / "fake.pdf", b"just some text, not a PDF at all")
-    harness.wait_state("fake.pdf", FAILED)
+    harness.wait_state("fake.pdf", State.FAILED)
     assert harness.ledger.find("scans", "fake.pdf").reason
 
 
@@ -156,9 +158,9 @@ def test_a_file_removed_before_processing_is_ignored_with_a_reason(tmp_path):
     made = Harness(tmp_path, settle_seconds=30)
     try:
         drop(made.inbox.path / "gone.jpg", JPEG)
-        made.wait_state("gone.jpg", SETTLING)
+        made.wait_state("gone.jpg", State.SETTLING)
         (made.inbox.path / "gone.jpg").unlink()
-        made.wait_state("gone.jpg", IGNORED)
+        made.wait_state("gone.jpg", State.IGNORED)
         assert "removed" in made.ledger.find("scans", "gone.jpg").reason
     finally:
         made.close()
@@ -168,13 +170,13 @@ def test_a_missing_inbox_is_unavailable_and_its_rows_are_left_alone(tmp_path):
     made = Harness(tmp_path, settle_seconds=30)
     try:
         drop(made.inbox.path / "keep.jpg", JPEG)
-        made.wait_state("keep.jpg", SETTLING)
+        made.wait_state("keep.jpg", State.SETTLING)
         made.observer.stop()
         made.observer.join()
         hidden = made.inbox.path.with_name("hidden")
         os.rename(made.inbox.path, hidden)
         assert made.intake.scan(made.inbox) is False
-        assert made.ledger.find("scans", "keep.jpg").state == SETTLING
+        assert made.ledger.find("scans", "keep.jpg").state == State.SETTLING
         assert made.ledger.inbox_info()["scans"]["available"] == 0
         os.rename(hidden, made.inbox.path)
         assert made.intake.scan(made.inbox) is True
@@ -188,7 +190,7 @@ def test_a_file_name_that_is_not_utf8_is_ignored_with_a_reason(harness):
     with open(raw, "wb") as handle:
         handle.write(JPEG)
     harness.intake.scan_all()
-    harness.wait_state("caf\ufffd.jpg", IGNORED)
+    harness.wait_state("caf\ufffd.jpg", State.IGNORED)
     assert "not valid UTF-8" in harness.ledger.find("scans", "caf\ufffd.jpg").reason
     drop(harness.inbox.path / "fine.jpg", JPEG)
-    harness.wait_state("fine.jpg", PENDING)
+    harness.wait_state("fine.jpg", State.PENDING)
