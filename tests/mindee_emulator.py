@@ -48,11 +48,13 @@ job, `script_result(pages, alias=...)` those of every job with that alias.
 
 Observability (all thread-safe): `requests` (list of `RecordedRequest`: method, path,
 query, route, lower-cased headers, form fields, uploaded file name/size/sha256, answered
-status; recorded once the answer is decided, before any delay and before it is sent, so a
-client holding its answer always finds its request), `enqueued` (list of `EmulatedJob`),
-`job(id)`, `count(route, status=None)`, `uploads_per_alias()` (a Counter), and
-`wait_for(predicate, timeout)`, which waits until `predicate(emulator)` is true, waking on
-every recorded request, and returns False on timeout.
+status, client port; recorded once the answer is decided, before any delay and before it
+is sent, so a client holding its answer always finds its request), `enqueued` (list of
+`EmulatedJob`),
+`job(id)`, `count(route, status=None)`, `uploads_per_alias()` (a Counter),
+`open_connections`, and `wait_for(predicate, timeout)`, which waits until
+`predicate(emulator)` is true, waking on every recorded request and closed connection, and
+returns False on timeout.
 
 `start()` returns the emulator; `stop()` closes every connection and joins every thread it
 started; both happen in `with MindeeEmulator() as emu:`. The pytest fixture `emulator`
@@ -181,6 +183,7 @@ class RecordedRequest:
     file_size: int | None
     file_sha256: str | None
     status: int | None  # None when the connection was dropped without an answer
+    client_port: int = 0  # tells the client's connections apart
 
 
 @dataclass
@@ -407,6 +410,12 @@ class MindeeEmulator:
                 if r.route == route and (status is None or r.status == status)
             )
 
+    @property
+    def open_connections(self) -> int:
+        """How many client connections are open now."""
+        with self._cond:
+            return len(self._connections)
+
     def uploads_per_alias(self) -> collections.Counter[str | None]:
         """Return how many jobs were enqueued per alias."""
         with self._cond:
@@ -429,6 +438,7 @@ class MindeeEmulator:
     def _unregister(self, connection: socket.socket) -> None:
         with self._cond:
             self._connections.discard(connection)
+            self._cond.notify_all()
 
     def _next_fault(self, route: str | None) -> Fault | None:
         with self._cond:
@@ -709,6 +719,7 @@ class _Handler(BaseHTTPRequestHandler):
                 file_size=None if file_data is None else len(file_data),
                 file_sha256=None if file_data is None else hashlib.sha256(file_data).hexdigest(),
                 status=None if dropped or answer is None else answer[0],
+                client_port=self.client_address[1],
             )
         )
         delay = emulator.latency + (fault.delay if fault else 0.0)
