@@ -126,7 +126,8 @@ class ApiSession:
         self._session.headers.clear()
         self._session.headers.update(headers)
         self.proxies: dict[str, str] = dict(resolved["proxies"])
-        self.verify: bool | str = resolved["verify"]
+        verify = resolved["verify"]
+        self.verify: bool | str = True if verify is None else verify
 
     def send(
         self,
