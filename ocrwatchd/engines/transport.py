@@ -113,7 +113,8 @@ class ApiSession:
     `no_proxy`) and the CA bundle (`REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`, else
     certifi's). The session then stops looking at it (`trust_env = False`): no proxy
     lookup per call, and ~/.netrc is never read, so it can never replace the API key.
-    `proxies` and `verify` hold what was resolved; each request passes them explicitly.
+    `proxies` and `verify` hold what was resolved; each request passes them explicitly,
+    with `headers` (sent with every request).
     """
 
     def __init__(self, base_url: str, headers: dict[str, str]) -> None:
@@ -123,8 +124,7 @@ class ApiSession:
         self._session.mount("http://", self._adapter)
         resolved = self._session.merge_environment_settings(base_url, {}, None, None, None)
         self._session.trust_env = False
-        self._session.headers.clear()
-        self._session.headers.update(headers)
+        self._headers = headers
         self.proxies: dict[str, str] = dict(resolved["proxies"])
         verify = resolved["verify"]
         self.verify: bool | str = True if verify is None else verify
@@ -140,13 +140,16 @@ class ApiSession:
     ) -> requests.Response:
         """Send one request and return the answer with its body not read yet.
 
-        The adapter is called directly, not `Session.send`: that reads the whole body of
-        any redirect (the 302 of a Processed job) to prepare a next request, with no bound
-        on its size or time, and this client never follows one.
+        Given the headers on top of the session's. The adapter is called directly, not
+        `Session.send`: that reads the whole body of any redirect (the 302 of a Processed
+        job) to prepare a next request, with no bound on its size or time, and this client
+        never follows one. The request is prepared on its own, not merged with the
+        session's settings: there are none to merge (no cookies, auth or params; the
+        environment was read once), and the merge costs 0.15 ms of CPU a call.
         """
-        prepared = self._session.prepare_request(
-            requests.Request(method, url, headers=headers, data=body)
-        )
+        prepared = requests.Request(
+            method, url, headers={**self._headers, **headers}, data=body
+        ).prepare()
         return self._adapter.send(
             prepared,
             stream=True,
