@@ -41,8 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "once", parents=[common], help="process every file now in the inboxes, then exit"
     )
-    commands.add_parser(
+    check = commands.add_parser(
         "check-config", parents=[common], help="validate the config and the environment"
+    )
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also ask the API whether it takes the key (uploads nothing)",
     )
     status = commands.add_parser("status", parents=[common], help="per-inbox counts and health")
     status.add_argument("--json", action="store_true", help="machine-readable output")
@@ -71,7 +76,7 @@ def _print_json(value: object) -> None:
     sys.stdout.write("\n")
 
 
-def _check_config(path: Path) -> int:
+def _check_config(path: Path, *, online: bool) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -89,6 +94,18 @@ def _check_config(path: Path) -> int:
         else ""
     )
     print(f"{path}: ok; engine {engine}; {len(config.inboxes)} inbox(es)")
+    if online:
+        from ocrwatchd.online import check_online
+
+        try:
+            print(f"online: ok; {check_online(config)}")
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            return ExitCode.CONFIG
+        except ApiError as exc:
+            print(f"ocrwatchd: the API refused the key: {exc}", file=sys.stderr)
+            return ExitCode.UNAVAILABLE
     return ExitCode.OK
 
 
@@ -166,7 +183,7 @@ def _ocr(config: Config, file: Path) -> int:
 def dispatch(args: argparse.Namespace) -> int:
     path = config_path(args)
     if args.command == "check-config":
-        return _check_config(path)
+        return _check_config(path, online=args.online)
     config = load_config(path)
     service.setup_logging(config.log_level)
     if args.command in ("run", "once"):

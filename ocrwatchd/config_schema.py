@@ -10,6 +10,7 @@ key, disjoint directories) live in `ocrwatchd.config`, which builds the dataclas
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 import os
 import re
@@ -244,9 +245,23 @@ def normalise_base_url(value: str) -> str:
         raise Invalid("must not contain credentials; the API key goes in api_key_file")
     if parts.query or parts.fragment:
         raise Invalid("must not have a query or fragment")
+    if parts.scheme == "http" and not _loopback(parts.hostname):
+        # Plain http would send the API key and every document in clear over the network.
+        raise Invalid(
+            "must be https:// (http:// only for a loopback host: 127.0.0.0/8, ::1, localhost)"
+        )
     # Requests are made to BASE/v2/...; accept the URL with or without that suffix.
     value = value.rstrip("/")
     return value.removesuffix("/v2").rstrip("/")
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def base_url(node: Node, key: str, ctx: Context) -> str:

@@ -17,6 +17,8 @@ Settings (constructor keywords, also plain attributes that may change while it r
   `emu.job(id).processing_polls` changes it for one job.
 - `delete_on_fetch` (True): the first successful result fetch deletes the result (404 after).
 - `latency` (0): seconds added before every answer.
+- `result_base` (None): the base URL named in `result_url` and `Location` (default: the
+  emulator's own), to play an API that sends clients to another origin for results.
 
 Routes, as named by faults and `count()`: `"enqueue"` (POST /v2/products/ocr/enqueue),
 `"job"` (GET /v2/jobs/{id}), `"result"` (GET /v2/products/ocr/results/{id}).
@@ -31,13 +33,20 @@ Faults are queued per route and consumed in order, one per request:
     emu.fault("enqueue", drop=True)                          # connection closed, no answer
     emu.fault("enqueue", drop=True, process=True)            # job created, answer lost
     emu.fault("job", status=503, times=3)                    # the next three polls
+    emu.fault("result", drip=2)                              # body sent a byte every 2 s
+    emu.fault("result", status=200, size=65 * 2**20)         # a 65 MB body, made as sent
+    emu.fault("result", status=200, size=9, declare_length=False)  # no Content-Length
 
 A fault with `status` or `body` replaces the answer (`body` may be str, bytes or a
 JSON-able object; a `status` >= 400 without `body` gets an API-style error body, a lower
 one an empty body). `process` says whether the request still has its normal effect
 (job created, poll counted, result deleted); it defaults to true only for faults that
-replace nothing (pure `delay`). The request is processed before any delay, so a slow
-answer that the client gives up on has still happened on the server, as in real life.
+replace nothing (pure `delay` or `drip`). The request is processed before any delay, so a
+slow answer that the client gives up on has still happened on the server, as in real life.
+`drip` sends the body one byte at a time, that many seconds apart (headers at once);
+`size` replaces the body with that many filler bytes, made while they are sent; with
+`declare_length=False` the answer has no Content-Length and ends when the connection
+closes.
 
 Failed jobs: `fail_next_job(status=422, detail=...)` makes the next enqueued job end
 Failed with an error object shaped like `fail_422.json`; `fail_jobs(alias=..., filename=...)`
@@ -48,11 +57,13 @@ job, `script_result(pages, alias=...)` those of every job with that alias.
 
 Observability (all thread-safe): `requests` (list of `RecordedRequest`: method, path,
 query, route, lower-cased headers, form fields, uploaded file name/size/sha256, answered
-status; recorded once the answer is decided, before any delay and before it is sent, so a
-client holding its answer always finds its request), `enqueued` (list of `EmulatedJob`),
-`job(id)`, `count(route, status=None)`, `uploads_per_alias()` (a Counter), and
-`wait_for(predicate, timeout)`, which waits until `predicate(emulator)` is true, waking on
-every recorded request, and returns False on timeout.
+status, client port; recorded once the answer is decided, before any delay and before it
+is sent, so a client holding its answer always finds its request), `enqueued` (list of
+`EmulatedJob`),
+`job(id)`, `count(route, status=None)`, `uploads_per_alias()` (a Counter),
+`open_connections`, and `wait_for(predicate, timeout)`, which waits until
+`predicate(emulator)` is true, waking on every recorded request and closed connection, and
+returns False on timeout.
 
 `start()` returns the emulator; `stop()` closes every connection and joins every thread it
 started; both happen in `with MindeeEmulator() as emu:`. The pytest fixture `emulator`
@@ -138,11 +149,14 @@ class Fault:
     retry_after: float | str | None = None
     delay: float = 0.0
     drop: bool = False
+    drip: float = 0.0
+    size: int | None = None
+    declare_length: bool = True
     process: bool = False
 
     @property
     def replaces_answer(self) -> bool:
-        return self.status is not None or self.body is not None
+        return self.status is not None or self.body is not None or self.size is not None
 
     def answer(self) -> tuple[int, dict[str, str], bytes]:
         """Return (status, headers, body) of the replacement answer."""
@@ -181,6 +195,7 @@ class RecordedRequest:
     file_size: int | None
     file_sha256: str | None
     status: int | None  # None when the connection was dropped without an answer
+    client_port: int = 0  # tells the client's connections apart
 
 
 @dataclass
@@ -249,6 +264,7 @@ class MindeeEmulator:
         self.processing_polls = processing_polls
         self.delete_on_fetch = delete_on_fetch
         self.latency = latency
+        self.result_base: str | None = None
         # A reentrant lock: wait_for() predicates read the thread-safe properties below.
         self._cond = threading.Condition(threading.RLock())
         self._faults: dict[str, collections.deque[Fault]] = {r: collections.deque() for r in ROUTES}
@@ -324,6 +340,9 @@ class MindeeEmulator:
         retry_after: float | str | None = None,
         delay: float = 0.0,
         drop: bool = False,
+        drip: float = 0.0,
+        size: int | None = None,
+        declare_length: bool = True,
         process: bool | None = None,
         times: int = 1,
     ) -> None:
@@ -331,6 +350,7 @@ class MindeeEmulator:
         if route not in ROUTES:
             raise ValueError(f"unknown route {route!r}; expected one of {ROUTES}")
         fault = Fault(status, body, content_type, dict(headers or {}), retry_after, delay, drop)
+        fault.drip, fault.size, fault.declare_length = drip, size, declare_length
         fault.process = (not fault.replaces_answer and not drop) if process is None else process
         with self._cond:
             self._faults[route].extend(fault for _ in range(times))
@@ -407,6 +427,12 @@ class MindeeEmulator:
                 if r.route == route and (status is None or r.status == status)
             )
 
+    @property
+    def open_connections(self) -> int:
+        """How many client connections are open now."""
+        with self._cond:
+            return len(self._connections)
+
     def uploads_per_alias(self) -> collections.Counter[str | None]:
         """Return how many jobs were enqueued per alias."""
         with self._cond:
@@ -429,6 +455,7 @@ class MindeeEmulator:
     def _unregister(self, connection: socket.socket) -> None:
         with self._cond:
             self._connections.discard(connection)
+            self._cond.notify_all()
 
     def _next_fault(self, route: str | None) -> Fault | None:
         with self._cond:
@@ -601,7 +628,7 @@ class MindeeEmulator:
         return 200, {"Content-Type": "application/json"}, raw
 
     def _result_url(self, job: EmulatedJob) -> str:
-        return f"{self.url}/v2/products/ocr/results/{job.id}"
+        return f"{self.result_base or self.url}/v2/products/ocr/results/{job.id}"
 
     def _job_json(self, job: EmulatedJob, *, status: str | None = None) -> dict[str, Any]:
         status = status or job.status
@@ -709,11 +736,12 @@ class _Handler(BaseHTTPRequestHandler):
                 file_size=None if file_data is None else len(file_data),
                 file_sha256=None if file_data is None else hashlib.sha256(file_data).hexdigest(),
                 status=None if dropped or answer is None else answer[0],
+                client_port=self.client_address[1],
             )
         )
         delay = emulator.latency + (fault.delay if fault else 0.0)
         if emulator._sleep(delay) and not dropped and answer is not None:
-            self._send(*answer)
+            self._send(*answer, fault=fault)
         else:
             self.close_connection = True
 
@@ -742,14 +770,33 @@ class _Handler(BaseHTTPRequestHandler):
             parts.append(self.rfile.read(size))
             self.rfile.readline(65537)
 
-    def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
+    def _send(
+        self, status: int, headers: dict[str, str], body: bytes, fault: Fault | None = None
+    ) -> None:
+        size = len(body) if fault is None or fault.size is None else fault.size
         try:
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
+            if fault is None or fault.declare_length:
+                self.send_header("Content-Length", str(size))
+            else:
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.end_headers()
-            self.wfile.write(body)
+            if fault is not None and fault.size is not None:
+                block = b"x" * min(size, 1 << 20)
+                for start in range(0, size, len(block) or 1):
+                    self.wfile.write(block[: size - start])
+            elif fault is not None and fault.drip:
+                self.wfile.flush()
+                for index in range(len(body)):
+                    if not self.server.emulator._sleep(fault.drip):
+                        break
+                    self.wfile.write(body[index : index + 1])
+                    self.wfile.flush()
+            else:
+                self.wfile.write(body)
         except OSError:
             self.close_connection = True
 

@@ -279,6 +279,8 @@ def test_inbox_value_problems(tmp_path: Path, env: dict[str, str], line: str, me
         ("mindee:\n  poll_per_minute: 0", "mindee.poll_per_minute: must be a number greater"),
         ("mindee:\n  base_url: ftp://example.com", "mindee.base_url: must be an http(s) URL"),
         ("mindee:\n  base_url: https://u:p@example.com", "must not contain credentials"),
+        ("mindee:\n  base_url: http://api.example.com", "mindee.base_url: must be https://"),
+        ("mindee:\n  base_url: http://10.0.0.1:80", "(http:// only for a loopback host"),
         ("mindee: [a]", "mindee: must be a mapping of keys, got a list"),
         ("local:\n  languages: eng", "local.languages: must be a list, got the string 'eng'"),
         ("local:\n  workers: 0", "local.workers: must be a whole number, 1 or more, got 0"),
@@ -638,6 +640,8 @@ def test_state_dir_defaults(
         ("https://api-v2.mindee.net/v2/", None, "https://api-v2.mindee.net"),
         ("http://127.0.0.1:8080/", "https://ignored", "http://127.0.0.1:8080"),
         (None, "http://localhost:1234/v2", "http://localhost:1234"),
+        ("http://127.0.0.5:81", None, "http://127.0.0.5:81"),
+        ("http://[::1]:8080/v2", None, "http://[::1]:8080"),
         (None, "https://proxy.example/mindee/", "https://proxy.example/mindee"),
         (None, None, "https://api-v2.mindee.net"),
     ],
@@ -661,6 +665,17 @@ def test_bad_base_url_from_the_environment(tmp_path: Path, env: dict[str, str]) 
     assert problems_of(path, env) == [
         f"{path}: mindee.base_url: $MINDEE_V2_BASE_URL must be an http(s) URL like "
         "https://api-v2.mindee.net"
+    ]
+
+
+def test_plain_http_base_url_from_the_environment_must_be_loopback(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    env["MINDEE_V2_BASE_URL"] = "http://api-v2.mindee.net"
+    path = write(tmp_path, MINIMAL)
+    assert problems_of(path, env) == [
+        f"{path}: mindee.base_url: $MINDEE_V2_BASE_URL must be https:// (http:// only for a "
+        "loopback host: 127.0.0.0/8, ::1, localhost)"
     ]
 
 

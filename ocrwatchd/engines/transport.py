@@ -1,44 +1,56 @@
-"""HTTP plumbing for the Mindee client: the urllib3 pool with the environment's proxy and
-CA settings, the streamed multipart upload body, and what counts as a timeout.
-
-requests did these for us; `mindee.py` says why the client runs on urllib3 instead.
+"""HTTP plumbing for the Mindee client: the requests session set up once from the
+environment, the streamed multipart upload body, bounded reads of an answer's body, the
+origin rule for the API key, and what counts as a timeout.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import ipaddress
 import mimetypes
-import os
-import re
-import urllib.request
+import time
 import uuid
 from collections.abc import Sequence
 from io import BytesIO
 from typing import Any, BinaryIO
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
+import requests
 import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError
-from urllib3.util import make_headers, parse_url
+from requests.adapters import HTTPAdapter
 
-# A `no_proxy` entry naming a port.
-_HOST_PORT = re.compile(r"(.+):(\d+)")
 # Upload block size: urllib3's default, 16 KiB, takes four times the Python calls (and
 # send() calls) to upload a large file.
 _UPLOAD_BLOCK = 64 * 1024
+# Body reads: one recv() at most per call, so the deadline is checked between them.
+_READ_BLOCK = 256 * 1024
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class DeadlinePassed(TimeoutError):
+    """The request's total deadline (`request_timeout`) passed while it was sent or read."""
+
+
+class TooLarge(Exception):
+    """An answer's body is longer than the limit the caller set; the message says so."""
 
 
 class MultipartBody:
     """A multipart/form-data body that reads the file while it is being sent.
 
     Building the body in memory would hold the whole file there (twice, for a form
-    encoder); this object knows its length (sent as Content-Length) and has a `read()`
-    that urllib3 calls once per block while it sends.
+    encoder; requests' `files=` does); this object knows its length (sent as
+    Content-Length) and has a `read()` that urllib3 calls once per block while it sends.
+    Once `deadline` (a `time.monotonic()` value) has passed, `read()` raises
+    DeadlinePassed, so a slow upload cannot outlast the request's total deadline.
     """
 
     def __init__(
-        self, fields: Sequence[tuple[str, str]], filename: str, file: BinaryIO, size: int
+        self,
+        fields: Sequence[tuple[str, str]],
+        filename: str,
+        file: BinaryIO,
+        size: int,
+        *,
+        deadline: float = float("inf"),
     ) -> None:
         boundary = uuid.uuid4().hex
         self.content_type = f"multipart/form-data; boundary={boundary}"
@@ -50,6 +62,7 @@ class MultipartBody:
         head += _part_header(
             boundary, f'name="file"; filename="{_quote(filename)}"', f"Content-Type: {file_type}"
         )
+        self.deadline = deadline
         self._head = BytesIO(head)
         self._file = file
         self._file_left = size
@@ -62,8 +75,11 @@ class MultipartBody:
     def read(self, size: int = -1) -> bytes:
         """Return up to `size` bytes (all that is left if negative); b"" at the end.
 
-        Raises OSError if the file is shorter than its size when the upload began.
+        Raises OSError if the file is shorter than its size when the upload began,
+        DeadlinePassed once the deadline has passed.
         """
+        if time.monotonic() > self.deadline:
+            raise DeadlinePassed("the upload took longer than request_timeout")
         if size < 0:
             size = self._length
         out = bytearray(self._head.read(size))
@@ -78,146 +94,137 @@ class MultipartBody:
         return bytes(out)
 
 
-# -- the connection pool ----------------------------------------------------------------------
+class _Adapter(HTTPAdapter):
+    """requests' adapter with urllib3 sending uploads in 64 KiB blocks."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["blocksize"] = _UPLOAD_BLOCK
+        super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        kwargs["blocksize"] = _UPLOAD_BLOCK
+        return super().proxy_manager_for(proxy, **kwargs)
 
 
-class UnusableProxy(Exception):
-    """The environment names a proxy for the API that cannot be used; the message says why."""
+class ApiSession:
+    """One `requests.Session` for the requests of one client to one base URL.
 
-
-def pool_manager(base_url: str, timeout: urllib3.Timeout) -> urllib3.PoolManager:
-    """Return the connection pool for requests to `base_url`, set up from the environment.
-
-    Given the API's base URL and the timeouts. Returns a `PoolManager`, or a
-    `ProxyManager` (a `SOCKSProxyManager` for socks URLs) when the environment names a
-    proxy for that URL; the proxy is used for every URL the client fetches.
-    Raises UnusableProxy if that proxy cannot be used (its password never in the message).
+    The environment is read when it is made, once: the proxy for the base URL (`*_proxy`,
+    `no_proxy`) and the CA bundle (`REQUESTS_CA_BUNDLE`, `CURL_CA_BUNDLE`, else
+    certifi's). The session then stops looking at it (`trust_env = False`): no proxy
+    lookup per call, and ~/.netrc is never read, so it can never replace the API key.
+    `proxies` and `verify` hold what was resolved; each request passes them explicitly,
+    with `headers` (sent with every request).
     """
-    settings: dict[str, Any] = {
-        "timeout": timeout,
-        "retries": False,
-        "cert_reqs": "CERT_REQUIRED",
-        "blocksize": _UPLOAD_BLOCK,
-        **_ca_settings(),
-    }
-    proxy = _proxy_for(base_url)
-    if proxy is None:
-        return urllib3.PoolManager(**settings)
-    try:
-        url = parse_url(proxy)
-    except HTTPError:
-        raise UnusableProxy("the proxy URL in the environment is malformed") from None
-    shown = f"{url.scheme}://{url.host}" + (f":{url.port}" if url.port else "")
-    scheme = (url.scheme or "").lower()
-    try:
-        if scheme.startswith("socks"):
-            if importlib.util.find_spec("socks") is None:
-                raise UnusableProxy(f"the proxy {shown} needs PySocks, which is not installed")
-            from urllib3.contrib.socks import SOCKSProxyManager
 
-            return SOCKSProxyManager(proxy, **settings)  # takes the credentials from the URL
-        proxy_headers: dict[str, str] = {}
-        if url.auth:
-            # As requests did: the URL's user and password, percent-decoded, in Basic auth.
-            user, _, password = url.auth.partition(":")
-            proxy_headers = make_headers(proxy_basic_auth=f"{unquote(user)}:{unquote(password)}")
-        return urllib3.ProxyManager(proxy, proxy_headers=proxy_headers, **settings)
-    except (HTTPError, ValueError) as exc:
-        # Not str(exc): urllib3 puts the whole URL, password included, in some messages.
-        raise UnusableProxy(f"the proxy {shown} cannot be used ({type(exc).__name__})") from None
+    def __init__(self, base_url: str, headers: dict[str, str]) -> None:
+        self._session = requests.Session()
+        self._adapter = _Adapter(max_retries=0)  # the caller retries, with backoff
+        self._session.mount("https://", self._adapter)
+        self._session.mount("http://", self._adapter)
+        resolved = self._session.merge_environment_settings(base_url, {}, None, None, None)
+        self._session.trust_env = False
+        self._headers = headers
+        self.proxies: dict[str, str] = dict(resolved["proxies"])
+        verify = resolved["verify"]
+        self.verify: bool | str = True if verify is None else verify
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        body: MultipartBody | None,
+        timeout: tuple[float, float],
+    ) -> requests.Response:
+        """Send one request and return the answer with its body not read yet.
+
+        Given the headers on top of the session's. The adapter is called directly, not
+        `Session.send`: that reads the whole body of any redirect (the 302 of a Processed
+        job) to prepare a next request, with no bound on its size or time, and this client
+        never follows one. The request is prepared on its own, not merged with the
+        session's settings: there are none to merge (no cookies, auth or params; the
+        environment was read once), and the merge costs 0.15 ms of CPU a call.
+        """
+        prepared = requests.Request(
+            method, url, headers={**self._headers, **headers}, data=body
+        ).prepare()
+        return self._adapter.send(
+            prepared,
+            stream=True,
+            timeout=timeout,
+            verify=self.verify,
+            cert=None,
+            proxies=self.proxies,
+        )
+
+    def close(self) -> None:
+        """Close every pooled connection; the session stays usable (it reconnects)."""
+        self._session.close()
 
 
-def _ca_settings() -> dict[str, str]:
-    """Return the urllib3 keywords naming the CA certificates that verify the API's TLS.
+def read_body(response: requests.Response, deadline: float, limit: int) -> bytes:
+    """Return the whole (decoded) body of a streamed answer.
 
-    The first of $REQUESTS_CA_BUNDLE, $SSL_CERT_FILE, $CURL_CA_BUNDLE that is set (a file,
-    or a directory of hashed certificates), else certifi's bundle, else nothing: the
-    system's default store.
+    Given the answer (sent with `stream=True`), a `time.monotonic()` deadline and the
+    most bytes allowed. Each read waits at most until the deadline (the socket's
+    timeout is set to what is left), so a server that sends its body one byte at a time
+    cannot hold the call past it. Raises DeadlinePassed, TooLarge, or what urllib3
+    raises for a broken connection; the connection is then closed, never reused.
     """
-    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
-        value = os.environ.get(name)
-        if value:
-            return {"ca_cert_dir": value} if os.path.isdir(value) else {"ca_certs": value}
+    raw = response.raw
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        response.close()
+        raise TooLarge(f"the answer declares {int(declared)} bytes")
+    chunks: list[bytes] = []
+    total = 0
     try:
-        import certifi
-    except ImportError:
-        return {}
-    return {"ca_certs": certifi.where()}
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeadlinePassed("the answer took longer than request_timeout")
+            connection = raw.connection
+            if connection is not None and connection.sock is not None:
+                connection.sock.settimeout(left)
+            chunk = raw.read1(_READ_BLOCK)
+            if not chunk:
+                return b"".join(chunks)
+            total += len(chunk)
+            if total > limit:
+                raise TooLarge("the answer is longer than allowed")
+            chunks.append(chunk)
+    except BaseException:
+        response.close()
+        raise
 
 
-def _proxy_for(url: str) -> str | None:
-    """Return the proxy URL the environment sets for `url`, or None for a direct connection.
+def origin(url: str) -> tuple[str, str, int | None]:
+    """Return the origin of an absolute URL: (scheme, host, port), the port made explicit.
 
-    Reads `<scheme>_proxy`, then `all_proxy` (either case; the lower-case one wins), unless
-    `no_proxy` excludes the URL's host. A proxy given without a scheme is taken as http.
+    Raises ValueError for a port that is not a number.
     """
-    proxies = urllib.request.getproxies()
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    proxy = proxies.get(scheme) or proxies.get("all")
-    if not proxy:
-        return None
-    try:
-        port = parts.port or (443 if scheme == "https" else 80)
-    except ValueError:  # not a port: the requests will fail on their own
-        port = None
-    if _excluded_from_proxy(parts.hostname or "", port, proxies.get("no", "")):
-        return None
-    return proxy if "://" in proxy else f"http://{proxy}"
+    return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
 
 
-def _excluded_from_proxy(host: str, port: int | None, no_proxy: str) -> bool:
-    """Return whether the comma-separated `no_proxy` list excludes `host` (on `port`).
+def timed_out(exc: BaseException, depth: int = 0) -> bool:
+    """Return whether `exc` (from requests or urllib3) means a timeout, not another failure.
 
-    Entries, as curl, requests and urllib take them: `*` (every host); a domain, with or
-    without a leading dot, matching itself and its subdomains; an IP address or CIDR
-    network; any of these but `*` followed by `:port` to exclude that port only.
+    requests and urllib3 wrap the cause (a ConnectionError holds a MaxRetryError or a
+    ProtocolError, which holds the socket's error), so the causes are looked at too.
     """
-    host = host.lower()
-    try:
-        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
-    except ValueError:
-        address = None
-    for entry in no_proxy.lower().split(","):
-        entry = entry.strip()
-        if entry == "*":
-            return True
-        if not entry:
-            continue
-        try:
-            network = ipaddress.ip_network(entry.strip("[]"), strict=False)
-        except ValueError:
-            pass
-        else:
-            if address is not None and address in network:
-                return True
-            continue
-        name, entry_port = entry, None
-        if match := _HOST_PORT.fullmatch(entry):
-            name, entry_port = match[1], int(match[2])
-        if entry_port is not None and entry_port != port:
-            continue
-        name = name.strip("[]").lstrip(".")
-        if address is not None:
-            try:
-                if ipaddress.ip_address(name) == address:
-                    return True
-            except ValueError:
-                pass
-        elif host == name or host.endswith(f".{name}"):
-            return True
-    return False
-
-
-def timed_out(exc: Exception) -> bool:
-    """Return whether `exc` (from urllib3) means a timeout rather than another failure."""
-    if isinstance(exc, NewConnectionError):
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
         # A subclass of ConnectTimeoutError for history's sake: refused, unreachable, no DNS.
         return False
-    if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
+    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
         return True
-    # e.g. ProtocolError('Connection aborted.', TimeoutError('timed out')) while uploading.
-    return any(isinstance(arg, TimeoutError) for arg in exc.args)
+    causes = [*exc.args, getattr(exc, "reason", None)]
+    return depth < 4 and any(
+        timed_out(cause, depth + 1) for cause in causes if isinstance(cause, BaseException)
+    )
 
 
 def _part_header(boundary: str, disposition: str, *extra: str) -> bytes:
