@@ -15,6 +15,7 @@ import hashlib
 import os
 import signal
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, NamedTuple
@@ -64,10 +65,10 @@ class Identity(NamedTuple):
         return cls(info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
-def same_file(a: Identity, b: Identity) -> bool:
-    """Same device, inode, size and mtime. ctime is left out: a chmod, a link count change
-    or our own lease does not make it another file's content."""
-    return (a.device, a.inode, a.size, a.mtime_ns) == (b.device, b.inode, b.size, b.mtime_ns)
+def same_file(a: Sequence[int], b: Sequence[int]) -> bool:
+    """Same device, inode, size and mtime (the first four fields of an Identity). ctime is
+    left out: a chmod or a link count change does not make it another file's content."""
+    return tuple(a[:4]) == tuple(b[:4])
 
 
 def file_kind(mode: int) -> str:
