@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_emulator"]
+pytest_plugins = ["tests.fixtures_emulator", "tests.fuse"]
 
 
 @pytest.fixture(autouse=True)
