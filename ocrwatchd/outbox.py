@@ -33,6 +33,7 @@ from ocrwatchd.moves import (
     TEMP_PREFIX,
     free_names,
     move_source,
+    name_bytes,
     name_max,
     still_there,
     temp_name,
@@ -177,11 +178,11 @@ def dispose_source(
     """Apply on_success to a source whose result is durable.
 
     With `identity` (fsafe's Identity, or any sequence starting with st_dev, st_ino,
-    st_size, st_mtime_ns), act only if the name still
-    holds that very file. No link is followed at any component; a file some process has
-    open for writing is left alone. Returns a short description of what was done (None for
-    keep). Raises SourceChanged (the file is not the one processed: keep it and process it
-    again), SourceBusy (a writer holds it: try later) — both OSErrors — or OSError.
+    st_size, st_mtime_ns), act only if the name still holds that very file. No link is
+    followed at any component; a file some process has open for writing is left alone.
+    Returns a short description of what was done (None for keep). Raises SourceChanged
+    (the file is not the one processed: keep it and process it again), SourceBusy (a
+    writer holds it: try later) — both OSErrors — or OSError.
     """
     if inbox.on_success == "keep" or (inbox.on_success == "archive" and not inbox.archive_dir):
         return None
@@ -238,10 +239,9 @@ def move_to_failed(
 def _free_reason_name(folder: Path, name: str) -> str:
     """A name whose `.reason.json` is free, for a failed source that is gone."""
     folder.mkdir(parents=True, exist_ok=True)
-    for candidate in free_names(name, name_max(folder), len(REASON_SUFFIX)):
-        if (
-            not (folder / (candidate + REASON_SUFFIX)).exists()
-            and not (folder / candidate).exists()
-        ):
-            return candidate
-    raise AssertionError("free_names never ends")
+
+    def taken(candidate: str) -> bool:
+        return (folder / candidate).exists() or (folder / (candidate + REASON_SUFFIX)).exists()
+
+    names = free_names(name, name_max(folder), name_bytes(REASON_SUFFIX))
+    return next(candidate for candidate in names if not taken(candidate))
