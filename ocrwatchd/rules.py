@@ -8,6 +8,7 @@ inbox's include/exclude globs is *ignored* (recorded, so `jobs --state ignored` 
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass
 
 from ocrwatchd.config import InboxConfig
@@ -22,8 +23,26 @@ WRITER_TEMP_NAMES = (
     ".syncthing.*",
     "._*",
 )
+# rsync writes `.NAME.XXXXXX` (mkstemp's six random letters and digits) and renames it.
+RSYNC_TEMP_NAME = re.compile(r"\..+\.[A-Za-z0-9]{6}")
 OS_JUNK_NAMES = (".ds_store", "thumbs.db", "desktop.ini")
-JUNK_DIRS = frozenset({"@eaDir", ".Trashes", ".stfolder"})
+# Synology, macOS, Syncthing versions, ZIP leftovers, NAS snapshots and recycle bins.
+JUNK_DIRS = frozenset(
+    {
+        "@eaDir",
+        ".Trashes",
+        ".stfolder",
+        ".stversions",
+        "__MACOSX",
+        ".Spotlight-V100",
+        ".fseventsd",
+        ".snapshot",
+        "~snapshot",
+        "#recycle",
+        ".@__thumb",
+    }
+)
+READY_SUFFIX = ".ready"
 
 
 @dataclass(frozen=True)
@@ -53,6 +72,11 @@ def skip_reason(inbox: InboxConfig, relpath: str) -> Skip | None:
     for pattern in WRITER_TEMP_NAMES:
         if fnmatch.fnmatchcase(name.lower(), pattern.lower()):
             return Skip(f"a writer's temporary name (matches {pattern}), never uploaded", False)
+    if RSYNC_TEMP_NAME.fullmatch(name):
+        return Skip("a writer's temporary name (rsync's .NAME.XXXXXX), never uploaded", False)
+    # getattr: the ready_marker key arrives with the ready-marker work, on another branch.
+    if getattr(inbox, "ready_marker", False) and is_marker(relpath):
+        return Skip(f"the ready marker of {marked_file(relpath)}, never uploaded", False)
     if name.lower() in OS_JUNK_NAMES:
         return Skip(f"operating-system junk ({name}), never uploaded", False)
     for pattern in inbox.exclude:
@@ -66,3 +90,21 @@ def skip_reason(inbox: InboxConfig, relpath: str) -> Skip | None:
 def skips_directory(inbox: InboxConfig, name: str) -> bool:
     """Whether a scan should not descend into a directory with this name."""
     return name in JUNK_DIRS or not inbox.recursive
+
+
+def ready_marker_of(relpath: str) -> str:
+    """The marker that makes `relpath` ready with ready_marker on: `NAME.ready`."""
+    return relpath + READY_SUFFIX
+
+
+def is_marker(relpath: str) -> bool:
+    """Whether `relpath` is a `NAME.ready` marker (with a NAME)."""
+    return marked_file(relpath) is not None
+
+
+def marked_file(relpath: str) -> str | None:
+    """The file a `NAME.ready` marker stands for, or None for other names."""
+    name = relpath.rsplit("/", 1)[-1]
+    if len(name) <= len(READY_SUFFIX) or not name.endswith(READY_SUFFIX):
+        return None
+    return relpath[: -len(READY_SUFFIX)]

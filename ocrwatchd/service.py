@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import socket
 import sys
 from typing import Any
@@ -67,12 +68,48 @@ def watchdog_interval() -> float | None:
         return None
 
 
-class PriorityFormatter(logging.Formatter):
-    """`<N>message` lines: journald turns the prefix into the entry's priority."""
+# Line breaks (C0, C1, U+2028/9), escape sequences and lone surrogates (undecodable bytes
+# of a file name), none of which a log line may carry as they are.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in NAMED_ESCAPES:
+        return NAMED_ESCAPES[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def escape_controls(text: str, keep_newlines: bool = False) -> str:
+    """`text` with control characters written as `\\n`, `\\x1b`, `\\u2028`…: a file
+    named `a\\n<2>CRITICAL …` must not forge a second log line or drive a terminal."""
+    if keep_newlines:
+        return "\n".join(CONTROL_CHARACTERS.sub(_escape, line) for line in text.split("\n"))
+    return CONTROL_CHARACTERS.sub(_escape, text)
+
+
+class SafeFormatter(logging.Formatter):
+    """Escapes control characters in every record's message (file names reach it through
+    arguments); a traceback keeps its own line breaks."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return escape_controls(super().formatException(ei), keep_newlines=True)
+
+    def formatStack(self, stack_info: str) -> str:
+        return escape_controls(super().formatStack(stack_info), keep_newlines=True)
+
+
+class PriorityFormatter(SafeFormatter):
+    """`<N>message` lines: journald turns the prefix into the entry's priority. It reads
+    stderr line by line, so a record is always one line here, traceback included."""
 
     def format(self, record: logging.LogRecord) -> str:
         priority = PRIORITIES.get(record.levelno, 6)
-        return f"<{priority}>{super().format(record)}"
+        return f"<{priority}>{escape_controls(super().format(record))}"
 
 
 def _journal_handler() -> logging.Handler | None:
@@ -97,7 +134,9 @@ def _journal_handler() -> logging.Handler | None:
                 for key in extra:
                     self._extra.pop(key, None)
 
-    return FieldsHandler(SYSLOG_IDENTIFIER="ocrwatchd")
+    handler = FieldsHandler(SYSLOG_IDENTIFIER="ocrwatchd")
+    handler.setFormatter(SafeFormatter("%(message)s"))
+    return handler
 
 
 def setup_logging(level: str) -> None:
@@ -113,7 +152,7 @@ def setup_logging(level: str) -> None:
         handler.setFormatter(
             PriorityFormatter("%(name)s: %(message)s")
             if under_journal
-            else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+            else SafeFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
         )
     root.addHandler(handler)
     root.setLevel(level.upper())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,23 +62,118 @@ WATCHED_EVENTS = [
 ]
 
 
-def filesystem_type(path: Path) -> str | None:
-    """The type of the filesystem mounted at or above `path`, from /proc/self/mounts."""
+MOUNTINFO = Path("/proc/self/mountinfo")
+OCTAL_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of /proc/self/mountinfo."""
+
+    mount_id: int
+    parent_id: int
+    device: int  # major:minor as os.makedev; a btrfs subvolume's st_dev may differ
+    root: str
+    point: str
+    fs_type: str
+    source: str
+
+
+def _unescape(field: bytes) -> str:
+    """The kernel writes space, tab, newline and backslash in paths as \\040, \\011, \\012
+    and \\134."""
+    return os.fsdecode(OCTAL_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8)]), field))
+
+
+def parse_mountinfo(text: bytes) -> list[Mount]:
+    """The mounts listed in mountinfo(5) text; malformed lines are left out."""
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split(b" ")
+        try:
+            separator = fields.index(b"-", 6)
+            major, minor = fields[2].split(b":")
+            mounts.append(
+                Mount(
+                    mount_id=int(fields[0]),
+                    parent_id=int(fields[1]),
+                    device=os.makedev(int(major), int(minor)),
+                    root=_unescape(fields[3]),
+                    point=_unescape(fields[4]),
+                    fs_type=_unescape(fields[separator + 1]),
+                    source=_unescape(fields[separator + 2]),
+                )
+            )
+        except (ValueError, IndexError):
+            continue
+    return mounts
+
+
+def mount_of(path: Path, mounts: list[Mount] | None = None) -> Mount | None:
+    """The mount holding `path` (links resolved): the longest mount point containing it;
+    of mounts stacked on one point, the last listed, which hides the others."""
     try:
+        if mounts is None:
+            mounts = parse_mountinfo(MOUNTINFO.read_bytes())
         target = os.path.realpath(path)
-        best, best_type = "", None
-        with open("/proc/self/mounts", encoding="utf-8") as mounts:
-            for line in mounts:
-                fields = line.split()
-                if len(fields) < 3:
-                    continue
-                mount_point = fields[1].replace("\\040", " ")
-                inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
-                if inside and len(mount_point) > len(best):
-                    best, best_type = mount_point, fields[2]
-        return best_type
     except OSError:
         return None
+    best: Mount | None = None
+    for mount in mounts:
+        point = mount.point
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) >= len(best.point)):
+            best = mount
+    return best
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem mounted at or above `path` ("ext4", "nfs4", "fuse…")."""
+    mount = mount_of(path)
+    return mount.fs_type if mount is not None else None
+
+
+def mount_id(path: Path) -> int | None:
+    """The mount ID of the mount holding `path`; a new mount on the same point gets a new
+    one, so it tells a share remounted or replaced from the one first seen."""
+    mount = mount_of(path)
+    return mount.mount_id if mount is not None else None
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an inbox folder lives: remembered when it is first seen available, compared
+    later, so an unmounted share (now an empty folder on the parent filesystem) is told
+    apart from an inbox that was emptied."""
+
+    device: int
+    mount_id: int | None
+    mount_point: str | None
+
+
+def placement(path: Path) -> Placement | None:
+    """The folder's device and mount, or None when it cannot be reached."""
+    try:
+        device = os.stat(path).st_dev
+    except OSError:
+        return None
+    mount = mount_of(path)
+    return Placement(device, mount.mount_id if mount else None, mount.point if mount else None)
+
+
+def moved_off(before: Placement, path: Path) -> str | None:
+    """Why the folder at `path` is no longer the one first seen as `before`, or None."""
+    now = placement(path)
+    if now is None:
+        return "the folder cannot be reached"
+    if now.device != before.device:
+        return (
+            f"the folder is now on another filesystem ({now.mount_point or '?'}) than when it "
+            f"was first seen ({before.mount_point or '?'}): its share is unmounted or replaced"
+        )
+    if now.mount_id != before.mount_id:
+        return f"the folder's mount {before.mount_point or '?'} was replaced by another mount"
+    return None
 
 
 def watch_mode(inbox: InboxConfig) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_emulator", "tests.fixtures_mindee_client"]
+pytest_plugins = ["tests.fixtures_emulator", "tests.fixtures_mindee_client", "tests.fuse"]
 
 
 @pytest.fixture(autouse=True)

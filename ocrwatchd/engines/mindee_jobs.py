@@ -135,9 +135,7 @@ class MindeeEngine(Engine):
             answer = client.get_job(job.job_id)
             if answer.status == "Processed":
                 self.poll_limit.take()
-                base = self.settings.base_url
-                url = answer.result_url or f"{base}/v2/products/ocr/results/{answer.id}"
-                return Result(client.get_result(url))
+                return Result(client.get_result_for(answer))
             if answer.status == "Failed":
                 error = answer.error
                 message = f"job failed: {error}" if error is not None else "the job ended Failed"
