@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,7 +109,8 @@ def _announce_engine(config: Config) -> None:
 
 
 def _run(path: Path, config: Config, *, once: bool) -> int:
-    from ocrwatchd.daemon import Daemon, ProgressBar, serve
+    from ocrwatchd.daemon import Daemon, serve
+    from ocrwatchd.progress import ProgressBar, bar_safe_logging, summary
 
     fatal = engine_problems(config)
     if fatal:
@@ -125,11 +127,17 @@ def _run(path: Path, config: Config, *, once: bool) -> int:
     if terminal and logging.getLogger().level > logging.DEBUG:
         # The bar replaces the per-file info lines; warnings and errors still show.
         logging.getLogger().setLevel(logging.WARNING)
-    daemon = Daemon(config, once=True, progress=ProgressBar() if terminal else None)
+    bar = ProgressBar(sys.stderr)
+    daemon = Daemon(config, once=True, progress=bar if terminal else None)
     daemon.install_signal_handlers()
-    code = daemon.run()
-    if terminal:
-        sys.stderr.write("\n")
+    started, clock = time.time(), time.monotonic()
+    with bar_safe_logging(bar):
+        try:
+            code = daemon.run()
+        finally:
+            bar.finish()
+    names = [inbox.name for inbox in config.inboxes]
+    print(summary(config.state_dir / "ledger.db", names, started, time.monotonic() - clock))
     return code
 
 
