@@ -231,3 +231,17 @@ def test_from_config(tmp_path: Path) -> None:
         " reads only those)",
         f"{path}:5:3: metrics.port: unknown key; known keys here: listen, textfile",
     ]
+
+
+def test_check_config_wants_the_textfile_directory_to_exist(tmp_path: Path) -> None:
+    from ocrwatchd.config import check_environment
+
+    (tmp_path / "out").mkdir()
+    path = write_config(tmp_path, "metrics:\n  textfile: node/ocrwatchd.prom\n")
+    config = load_config(path, {"HOME": str(tmp_path)})
+    assert [p for p in check_environment(config) if "metrics" in p] == [
+        f"{path}:4:13: metrics.textfile: {tmp_path}/node does not exist; create it"
+        f" (mkdir -p {tmp_path}/node)"
+    ]
+    (tmp_path / "node").mkdir()
+    assert not [p for p in check_environment(config) if "metrics" in p]
