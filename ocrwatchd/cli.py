@@ -7,12 +7,13 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from ocrwatchd import __version__, engines, report, service
 from ocrwatchd.config import Config, check_environment, load_config
-from ocrwatchd.errors import ConfigError, ExitCode, FileRejected, OcrwatchdError
+from ocrwatchd.errors import ApiError, ConfigError, ExitCode, FileRejected, OcrwatchdError
 
 log = logging.getLogger("ocrwatchd")
 
@@ -118,7 +119,8 @@ def _announce_engine(config: Config) -> None:
 
 
 def _run(path: Path, config: Config, *, once: bool) -> int:
-    from ocrwatchd.daemon import Daemon, ProgressBar, serve
+    from ocrwatchd.daemon import Daemon, serve
+    from ocrwatchd.progress import ProgressBar, bar_safe_logging, summary
 
     fatal = engines.problems(config)
     if fatal:
@@ -135,11 +137,17 @@ def _run(path: Path, config: Config, *, once: bool) -> int:
     if terminal and logging.getLogger().level > logging.DEBUG:
         # The bar replaces the per-file info lines; warnings and errors still show.
         logging.getLogger().setLevel(logging.WARNING)
-    daemon = Daemon(config, once=True, progress=ProgressBar() if terminal else None)
+    bar = ProgressBar(sys.stderr)
+    daemon = Daemon(config, once=True, progress=bar if terminal else None)
     daemon.install_signal_handlers()
-    code = daemon.run()
-    if terminal:
-        sys.stderr.write("\n")
+    started, clock = time.time(), time.monotonic()
+    with bar_safe_logging(bar):
+        try:
+            code = daemon.run()
+        finally:
+            bar.finish()
+    names = [inbox.name for inbox in config.inboxes]
+    print(summary(config.state_dir / "ledger.db", names, started, time.monotonic() - clock))
     return code
 
 

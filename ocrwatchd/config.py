@@ -24,15 +24,16 @@ Where values come from when the file does not give them:
 - `engine`: `mindee` when an API key is found, else `local`.
 - `local.workers`: the number of CPUs the process may run on.
 
-`check_environment` looks at the filesystem (directories exist or can be created, can be
-read and written, OCR languages are installed); it is separate so that loading has no side
-effects and `check-config` can run both.
+`check_environment` looks at the filesystem (directories exist, or for the state directory
+can be created, can be read and written, OCR languages are installed); it is separate so
+that loading has no side effects and `check-config` can run both.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -106,6 +107,12 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    listen: tuple[str, int] | None = None  # (host, port) serving /metrics
+    textfile: Path | None = None  # a .prom file for node_exporter's textfile collector
+
+
+@dataclass(frozen=True)
 class InboxConfig:
     name: str
     path: Path
@@ -136,6 +143,7 @@ class Config:
     webhook: WebhookConfig | None
     inboxes: tuple[InboxConfig, ...]
     reconcile_interval: float = 60
+    metrics: MetricsConfig = MetricsConfig()
     # key path ("inboxes[0].path") -> (line, column), 1-based, for messages about values
     marks: Mapping[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
 
@@ -177,9 +185,10 @@ def check_environment(config: Config) -> list[str]:
     """Given a loaded Config, return the filesystem problems, formatted like `load_config`'s.
 
     Inboxes must be readable directories (writable too unless on_success is keep); outboxes,
-    archive, failed and state directories must exist or be creatable, and be writable. (The
-    engine's own problems come from `ocrwatchd.engines.problems`.) An empty list means all
-    is well.
+    archive and failed directories (and the metrics textfile's directory) must exist and be
+    writable: a missing one is more often a typo than a wish, so it is never created
+    silently. The state directory may be missing if it can be created. (The engine's own problems
+    come from `ocrwatchd.engines.problems`.) An empty list means all is well.
     """
     problems: list[str] = []
 
@@ -193,8 +202,10 @@ def check_environment(config: Config) -> list[str]:
         for name in ("outbox", "archive_dir", "failed_dir"):
             directory = getattr(inbox, name)
             if directory is not None:
-                report(f"{key}.{name}", _writable_problem(directory))
+                report(f"{key}.{name}", _existing_dir_problem(directory))
     report("state_dir", _writable_problem(config.state_dir))
+    if config.metrics.textfile is not None:
+        report("metrics.textfile", _existing_dir_problem(config.metrics.textfile.parent))
     return problems
 
 
@@ -248,6 +259,7 @@ def _resolve(
         webhook=webhook,
         inboxes=tuple(InboxConfig(**inbox) for inbox in inboxes),
         reconcile_interval=values.get("reconcile_interval", 60),
+        metrics=MetricsConfig(**values.get("metrics", {})),
         marks=dict(ctx.marks),
     )
 
@@ -512,6 +524,19 @@ def _inbox_problem(path: Path, on_success: str) -> str | None:
     if on_success != "keep" and not os.access(path, os.W_OK | os.X_OK):
         return f"{path} is not writable, but on_success: {on_success} removes files from it"
     return None
+
+
+def _existing_dir_problem(path: Path) -> str | None:
+    """Given a directory the daemon writes to but never creates, return why it cannot be
+    used, or None. A missing one gets the command that creates it, unless it cannot be."""
+    try:
+        missing = not path.exists() and not path.is_symlink()
+    except OSError as error:
+        return f"{path} cannot be checked: {error.strerror}"
+    problem = _writable_problem(path)
+    if missing and problem is None:
+        return f"{path} does not exist; create it (mkdir -p {shlex.quote(str(path))})"
+    return problem
 
 
 def _writable_problem(path: Path) -> str | None:

@@ -89,6 +89,12 @@ def parse(text: str, ctx: Context) -> Node | None:
             message = f"{error.context} (from line {started}): {message}"
         if "alias" in message:
             message += ' (a value starting with * is an alias in YAML: quote it, "*.pdf")'
+        tab = _tab_at(text, mark.line, mark.column) if mark else None
+        if mark and tab is not None:
+            # PyYAML's own words ("found character '\t' that cannot start any token") do
+            # not say what to do.
+            where = (mark.line + 1, tab + 1)
+            message = "a tab character; YAML indentation must be spaces, not tabs"
         ctx.problem(where, "", f"invalid YAML: {message}")
     except yaml.reader.ReaderError as error:
         line = text.count("\n", 0, error.position) + 1
@@ -97,6 +103,19 @@ def parse(text: str, ctx: Context) -> Node | None:
     except yaml.YAMLError as error:
         ctx.problem(None, "", f"invalid YAML: {error}")
     return None
+
+
+def _tab_at(text: str, line: int, column: int) -> int | None:
+    """Given the 0-based position of a YAML error, return the 0-based column of the tab
+    that caused it (one at that position, or in that line's indentation), else None."""
+    lines = text.splitlines()
+    if line >= len(lines):
+        return None
+    current = lines[line]
+    if column < len(current) and current[column] == "\t":
+        return column
+    indentation = current[: len(current) - len(current.lstrip(" \t"))]
+    return indentation.index("\t") if "\t" in indentation else None
 
 
 def describe(node: Node) -> str:
@@ -214,6 +233,14 @@ def filesystem_path(node: Node, key: str, ctx: Context) -> Path:
     else:
         value = os.path.expanduser(value)
     return Path(os.path.normpath(ctx.base_dir / value))
+
+
+def prom_file(node: Node, key: str, ctx: Context) -> Path:
+    """A path ending in .prom: node_exporter's textfile collector reads no other files."""
+    path = filesystem_path(node, key, ctx)
+    if path.suffix != ".prom":
+        raise Invalid("must end in .prom (node_exporter's textfile collector reads only those)")
+    return path
 
 
 def inbox_name(node: Node, key: str, ctx: Context) -> str:
@@ -461,6 +488,15 @@ WEBHOOK = Section(
     "secrets do not live in the config; use webhook.secret_file",
 )
 
+METRICS = Section(
+    "under metrics:",
+    {
+        "listen": Field(listen_address, nullable=True),
+        "textfile": Field(prom_file, nullable=True),
+    },
+    _SECRETS_ELSEWHERE,
+)
+
 TOP = Section(
     "at the top level",
     {
@@ -471,12 +507,13 @@ TOP = Section(
         "mindee": Field(section(MINDEE), nullable=True),
         "local": Field(section(LOCAL), nullable=True),
         "webhook": Field(section(WEBHOOK), nullable=True),
+        "metrics": Field(section(METRICS), nullable=True),
         "inboxes": Field(inbox_list, required="no inboxes; add an inboxes: list"),
     },
     _SECRETS_ELSEWHERE,
 )
 
-SECTIONS = (TOP, MINDEE, LOCAL, WEBHOOK, INBOX)
+SECTIONS = (TOP, MINDEE, LOCAL, WEBHOOK, METRICS, INBOX)
 
 
 def check_document(root: Node | None, ctx: Context) -> dict[str, Any]:

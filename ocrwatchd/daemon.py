@@ -14,7 +14,6 @@ import logging
 import os
 import queue
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -423,21 +422,3 @@ def serve(config_path: Path, config: Config) -> int:
         except ConfigError as exc:
             log.error("config reload failed; keeping the old config:\n%s", exc)
         service.setup_logging(config.log_level)
-
-
-class ProgressBar:
-    """`once` on a terminal: one line redrawn in place when the figures change."""
-
-    WIDTH = 30
-
-    def __init__(self) -> None:
-        self.shown = ""
-
-    def __call__(self, finished: int, total: int, failed: int) -> None:
-        filled = self.WIDTH * finished // total if total else self.WIDTH
-        bar = "#" * filled + "-" * (self.WIDTH - filled)
-        line = f"[{bar}] {finished}/{total} finished, {failed} failed"
-        if line != self.shown:
-            sys.stderr.write("\r\033[K" + line)
-            sys.stderr.flush()
-            self.shown = line

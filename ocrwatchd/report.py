@@ -147,14 +147,37 @@ def format_status(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# Where a path may sit besides the inbox itself, and the name the source has there.
+_PLACES = (
+    ("outbox", (".json", ".txt")),
+    ("failed_dir", (".reason.json",)),
+    ("archive_dir", ()),
+)
+
+
+def _source_relpath(relpath: str, suffixes: tuple[str, ...]) -> str:
+    for suffix in suffixes:
+        if relpath.endswith(suffix) and len(relpath) > len(suffix):
+            return relpath.removesuffix(suffix)
+    return relpath
+
+
 def locate(config: Config, path: Path) -> tuple[InboxConfig, str] | None:
-    """The inbox holding `path`, and the path relative to it."""
+    """The inbox `path` belongs to, and its source's path relative to that inbox.
+
+    A path in an outbox (`OUTBOX/sub/a.pdf.json` or `.txt`), a failed folder
+    (`FAILED/a.pdf` or `FAILED/a.pdf.reason.json`) or an archive (`ARCHIVE/a.pdf`) leads
+    back to the inbox file it came from. The directories are disjoint, so one place matches.
+    """
     absolute = Path(path).absolute()
     for inbox in config.inboxes:
-        try:
+        if absolute.is_relative_to(inbox.path):
             return inbox, absolute.relative_to(inbox.path).as_posix()
-        except ValueError:
-            continue
+        for name, suffixes in _PLACES:
+            directory: Path | None = getattr(inbox, name)
+            if directory is not None and absolute.is_relative_to(directory):
+                relpath = absolute.relative_to(directory).as_posix()
+                return inbox, _source_relpath(relpath, suffixes)
     return None
 
 
@@ -224,13 +247,23 @@ def explain(config: Config, path: Path) -> dict[str, Any]:
             "explanation": f"{path} is not inside any inbox of {config.source}.",
         }
     inbox, relpath = found
+    result = _explain_source(config, inbox, relpath)
+    source = inbox.path / relpath
+    if Path(path).absolute() != source:
+        result["explanation"] = f"{path} comes from {source}: {result['explanation']}"
+    return result
+
+
+def _explain_source(config: Config, inbox: InboxConfig, relpath: str) -> dict[str, Any]:
     skip = skip_reason(inbox, relpath)
     ledger = _ledger(config)
-    row = None
+    row = original = None
+    paused = None
     if ledger is not None:
         try:
             row = ledger.find(inbox.name, relpath)
             original = ledger.get(row.duplicate_of) if row and row.duplicate_of else None
+            paused = ledger.inbox_info().get(inbox.name, {}).get("paused_reason")
         finally:
             ledger.close()
     if row is not None:
@@ -238,6 +271,10 @@ def explain(config: Config, path: Path) -> dict[str, Any]:
         sentence = _sentence(config, inbox, row)
         if original is not None:
             sentence = sentence.replace("an earlier file", original.relpath)
+        waiting = row.state in (State.SETTLING, State.PENDING, State.UPLOADING, State.PROCESSING)
+        if paused and waiting:
+            sentence = f"{sentence.removesuffix('.')}; remote work is paused: {paused}"
+        result["paused"] = paused
         result["explanation"] = sentence
         return result
     absolute = str(inbox.path / relpath)

@@ -67,6 +67,7 @@ def test_once_on_a_terminal_draws_a_progress_bar(tmp_path):
     from tests.helpers import FIXTURES
 
     (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
     shutil.copy(FIXTURES / "file_types" / "receipt.png", tmp_path / "in" / "r.png")
     config = write_config(
         tmp_path,

@@ -228,6 +228,14 @@ def test_every_problem_is_reported_at_once_with_its_position(
         ),
         ("a: 1\n---\nb: 2\n", ":2:1: invalid YAML: expected a single document"),
         ("a: \x01\n", ":1:4: invalid character #x0001 in YAML"),
+        (
+            "inboxes:\n\t- name: a\n",
+            ":2:1: invalid YAML: a tab character; YAML indentation must be spaces, not tabs",
+        ),
+        (
+            "mindee:\n  model_id: x\n  \tbase_url: y\n",
+            ":3:3: invalid YAML: a tab character; YAML indentation must be spaces, not tabs",
+        ),
     ],
 )
 def test_whole_file_problems(tmp_path: Path, env: dict[str, str], text: str, expected: str) -> None:
@@ -740,8 +748,42 @@ def environment_config(tmp_path: Path, env: dict[str, str], extra: str = "") -> 
 def test_environment_is_fine(tmp_path: Path, env: dict[str, str]) -> None:
     (tmp_path / "in").mkdir()
     (tmp_path / "failed").mkdir()
+    (tmp_path / "new" / "out").mkdir(parents=True)
     config = load_config(environment_config(tmp_path, env), env)
+    # The state directory is missing but can be created: the daemon creates it.
     assert check_environment(config) == []
+
+
+def test_a_missing_outbox_archive_or_failed_dir_is_a_problem_with_the_fix(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    # A missing one is more often a typo than a wish: the daemon must not create it.
+    (tmp_path / "in").mkdir()
+    env["MINDEE_V2_API_KEY"] = KEY
+    path = write(
+        tmp_path,
+        f"""
+        state_dir: var/state
+        mindee:
+          model_id: {MODEL}
+        inboxes:
+          - name: a
+            path: in
+            outbox: new/out
+            failed_dir: failed
+            on_success: archive
+            archive_dir: old scans
+        """,
+    )
+    config = load_config(path, env)
+    assert check_environment(config) == [
+        f"{path}:7:13: inboxes[0].outbox: {tmp_path}/new/out does not exist; create it "
+        f"(mkdir -p {tmp_path}/new/out)",
+        f"{path}:10:18: inboxes[0].archive_dir: {tmp_path}/old scans does not exist; create it "
+        f"(mkdir -p '{tmp_path}/old scans')",
+        f"{path}:8:17: inboxes[0].failed_dir: {tmp_path}/failed does not exist; create it "
+        f"(mkdir -p {tmp_path}/failed)",
+    ]
 
 
 def test_environment_problems(tmp_path: Path, env: dict[str, str]) -> None:
@@ -771,6 +813,7 @@ def test_environment_state_dir_from_env_has_no_position(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
     (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
     (tmp_path / "blocker").write_text("")
     env.update(STATE_DIRECTORY=str(tmp_path / "blocker" / "state"), MINDEE_V2_API_KEY=KEY)
     path = write(tmp_path, MINIMAL + f"mindee:\n  model_id: {MODEL}\n")
@@ -785,6 +828,7 @@ def test_environment_checks_local_languages(
     tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
     path = write(tmp_path, MINIMAL + "local:\n  languages: [eng, klingon]\n")
     config = load_config(path, env)
     assert check_environment(config) == []  # the engine's own check says it, not the config's
@@ -797,6 +841,7 @@ def test_environment_reports_a_local_engine_that_cannot_load(
     tmp_path: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
     # None in sys.modules makes the import fail as if tesserocr were not installed.
     monkeypatch.setitem(sys.modules, "tesserocr", None)
     for module in [name for name in sys.modules if name.startswith("ocrwatchd.engines.local")]:

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from ocrwatchd import cli
-from ocrwatchd.config_schema import INBOX, LOCAL, MINDEE, TOP, WEBHOOK
+from ocrwatchd.config_schema import INBOX, LOCAL, METRICS, MINDEE, TOP, WEBHOOK
 from tests.helpers import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -32,7 +32,7 @@ def test_every_command_is_in_the_readme(command):
     "section,key",
     [
         (section.where, key)
-        for section in (TOP, MINDEE, LOCAL, WEBHOOK, INBOX)
+        for section in (TOP, MINDEE, LOCAL, WEBHOOK, METRICS, INBOX)
         for key in section.fields
     ],
 )

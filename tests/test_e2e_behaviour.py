@@ -195,6 +195,7 @@ def test_check_config_reports_every_problem_with_its_position(tmp_path):
     assert any("inboxes[0].outbox" in line for line in lines)
     good = tmp_path / "good.yaml"
     (tmp_path / "in2").mkdir()
+    (tmp_path / "out2").mkdir()
     good.write_text(
         f"state_dir: {tmp_path}/state\nengine: local\ninboxes:\n"
         f"  - name: a\n    path: {tmp_path}/in2\n    outbox: {tmp_path}/out2\n"
