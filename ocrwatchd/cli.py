@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ocrwatchd import __version__, report, service
+from ocrwatchd import __version__, report, service, statelock
 from ocrwatchd.config import Config, check_environment, engine_problems, load_config
 from ocrwatchd.errors import (
     ApiError,
@@ -108,11 +108,18 @@ def _announce_engine(config: Config) -> None:
 
 
 def _run(path: Path, config: Config, *, once: bool) -> int:
-    from ocrwatchd.daemon import Daemon, ProgressBar, serve
-
     fatal = engine_problems(config)
     if fatal:
         raise ConfigError(fatal)
+    # Before the ledger is opened or anything recovered: a second daemon changes nothing.
+    # Held across SIGHUP reloads (the state directory cannot change without a restart).
+    with statelock.acquire(config.state_dir, engine=config.engine):
+        return _run_locked(path, config, once=once)
+
+
+def _run_locked(path: Path, config: Config, *, once: bool) -> int:
+    from ocrwatchd.daemon import Daemon, ProgressBar, serve
+
     # The rest may mend itself (an inbox on a share not mounted yet): warn and go on.
     for problem in check_environment(config):
         log.warning("%s", problem)
