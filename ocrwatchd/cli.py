@@ -64,6 +64,20 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", help="machine-readable output")
     ocr = commands.add_parser("ocr", parents=[common], help="OCR one file and print the JSON")
     ocr.add_argument("file", type=Path)
+    unit = commands.add_parser(
+        "unit", parents=[common], help="print the systemd service unit for this config"
+    )
+    unit.add_argument(
+        "--exec",
+        dest="executable",
+        type=Path,
+        help="the ocrwatchd program the unit starts (default: the one beside this Python)",
+    )
+    unit.add_argument(
+        "--folders",
+        action="store_true",
+        help="print only the folders the service may write to, one per line",
+    )
     return parser
 
 
@@ -176,10 +190,27 @@ def _ocr(config: Config, file: Path) -> int:
     return ExitCode.OK
 
 
+def _unit(path: Path, executable: Path | None, *, folders: bool) -> int:
+    from ocrwatchd import unit
+
+    if folders:
+        for folder in unit.writable_folders(unit.load_for_unit(path)):
+            print(folder)
+        return ExitCode.OK
+    program = (executable or unit.default_executable()).absolute()
+    if not program.is_file():
+        print(f"ocrwatchd: {program} does not exist; name it with --exec", file=sys.stderr)
+        return ExitCode.USAGE
+    sys.stdout.write(unit.render_file(path, program))
+    return ExitCode.OK
+
+
 def dispatch(args: argparse.Namespace) -> int:
     path = config_path(args)
     if args.command == "check-config":
         return _check_config(path)
+    if args.command == "unit":
+        return _unit(path, args.executable, folders=args.folders)
     config = load_config(path)
     service.setup_logging(config.log_level)
     if args.command in ("run", "once"):
