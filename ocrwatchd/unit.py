@@ -40,7 +40,8 @@ Wants=network-online.target
 Type=notify
 NotifyAccess=main
 ExecStart={exec_start} run -c {config}
-ExecReload=/bin/kill -HUP $MAINPID
+# The shell's own kill: /bin/kill (procps) is missing from minimal systems.
+ExecReload=/bin/sh -c 'kill -HUP $MAINPID'
 WatchdogSec={watchdog}
 Restart=on-failure
 RestartSec=5
