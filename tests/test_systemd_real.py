@@ -114,6 +114,8 @@ def show(run, *properties: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in output.splitlines())
 
 
+# pip installs the dependencies inside the container, and a stop may take systemd's 90 s.
+@pytest.mark.timeout(600)
 def test_install_start_reload_stop(container):
     run, inside, wheel = container
     run("/src/scripts/install-service", "--from", f"/tmp/{wheel}")
