@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ocrwatchd import __version__, engines, report, service
+from ocrwatchd import __version__, engines, report, service, statelock
 from ocrwatchd.config import Config, check_environment, load_config
 from ocrwatchd.errors import ApiError, ConfigError, ExitCode, FileRejected, OcrwatchdError
 
@@ -63,6 +63,20 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true", help="machine-readable output")
     ocr = commands.add_parser("ocr", parents=[common], help="OCR one file and print the JSON")
     ocr.add_argument("file", type=Path)
+    unit = commands.add_parser(
+        "unit", parents=[common], help="print the systemd service unit for this config"
+    )
+    unit.add_argument(
+        "--exec",
+        dest="executable",
+        type=Path,
+        help="the ocrwatchd program the unit starts (default: the one beside this Python)",
+    )
+    unit.add_argument(
+        "--folders",
+        action="store_true",
+        help="print only the folders the service may write to, one per line",
+    )
     return parser
 
 
@@ -119,12 +133,19 @@ def _announce_engine(config: Config) -> None:
 
 
 def _run(path: Path, config: Config, *, once: bool) -> int:
-    from ocrwatchd.daemon import Daemon, serve
-    from ocrwatchd.progress import ProgressBar, bar_safe_logging, summary
-
     fatal = engines.problems(config)
     if fatal:
         raise ConfigError(fatal)
+    # Before the ledger is opened or anything recovered: a second daemon changes nothing.
+    # Held across SIGHUP reloads (the state directory cannot change without a restart).
+    with statelock.acquire(config.state_dir, engine=config.engine):
+        return _run_locked(path, config, once=once)
+
+
+def _run_locked(path: Path, config: Config, *, once: bool) -> int:
+    from ocrwatchd.daemon import Daemon, serve
+    from ocrwatchd.progress import ProgressBar, bar_safe_logging, summary
+
     # The rest may mend itself (an inbox on a share not mounted yet): warn and go on.
     for problem in check_environment(config):
         log.warning("%s", problem)
@@ -188,10 +209,27 @@ def _ocr(config: Config, file: Path) -> int:
     return ExitCode.FAILURES if isinstance(outcome, Failed | Vanished) else ExitCode.TEMPFAIL
 
 
+def _unit(path: Path, executable: Path | None, *, folders: bool) -> int:
+    from ocrwatchd import unit
+
+    if folders:
+        for folder in unit.writable_folders(unit.load_for_unit(path)):
+            print(folder)
+        return ExitCode.OK
+    program = (executable or unit.default_executable()).absolute()
+    if not program.is_file():
+        print(f"ocrwatchd: {program} does not exist; name it with --exec", file=sys.stderr)
+        return ExitCode.USAGE
+    sys.stdout.write(unit.render_file(path, program))
+    return ExitCode.OK
+
+
 def dispatch(args: argparse.Namespace) -> int:
     path = config_path(args)
     if args.command == "check-config":
         return _check_config(path, online=args.online)
+    if args.command == "unit":
+        return _unit(path, args.executable, folders=args.folders)
     config = load_config(path)
     service.setup_logging(config.log_level)
     if args.command in ("run", "once"):

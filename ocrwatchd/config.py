@@ -18,7 +18,8 @@ Where values come from when the file does not give them:
   else `$XDG_STATE_HOME/ocrwatchd`, else `~/.local/state/ocrwatchd`.
 - the API key: `mindee.api_key_file`, else `$CREDENTIALS_DIRECTORY/mindee-api-key`
   (systemd `LoadCredential=`), else `$MINDEE_V2_API_KEY`. An empty key counts as none.
-  Key files must not be readable by other users. The key itself never appears in a message.
+  Key files must not be readable by other users (their group may read them: mode 640 for
+  root:ocrwatchd). The key itself never appears in a message.
 - `mindee.base_url`: `$MINDEE_V2_BASE_URL`, else `https://api-v2.mindee.net`; a trailing
   `/` or `/v2` is dropped, since requests go to `BASE/v2/...`.
 - `engine`: `mindee` when an API key is found, else `local`.
@@ -327,7 +328,9 @@ def _read_secret(
 ) -> str | None:
     """Given a secret file, return its stripped content, or None (empty, or a problem recorded).
 
-    `private` refuses a file other users may read or write. Messages never show the content.
+    `private` refuses a file other users may read or write, except the file's group reading
+    it: a key owned by root:ocrwatchd with mode 640 is how the service user is given it.
+    Messages never show the content.
     """
     mark = ctx.marks.get(key)
     try:
@@ -340,8 +343,8 @@ def _read_secret(
     except OSError as error:
         ctx.problem(mark, key, f"cannot read {path}: {error.strerror or type(error).__name__}")
         return None
-    if private and mode & 0o077:
-        kind = "readable" if mode & 0o044 else "writable"
+    if private and mode & 0o027:
+        kind = "readable" if mode & 0o004 else "writable"
         ctx.problem(mark, key, f"{path} is {kind} by other users; chmod 600 {path}")
     try:
         value = data.decode("utf-8").strip()

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ocrwatchd import statelock
 from ocrwatchd.config import Config, InboxConfig
 from ocrwatchd.ledger import Ledger, Row
 from ocrwatchd.lifecycle import PUBLIC_STATES, Lifecycle, Requeued, State
@@ -124,13 +125,27 @@ def status(config: Config) -> dict[str, Any]:
     return {
         "engine": config.engine,
         "state_dir": str(config.state_dir),
+        "daemon": statelock.read_daemon(config.state_dir),
         "inboxes": inboxes,
         "totals": totals,
     }
 
 
+def _daemon_line(daemon: dict[str, Any]) -> str:
+    if not daemon["running"]:
+        return "daemon: not running"
+    pid = daemon["pid"] if daemon["pid"] is not None else "unknown"
+    line = f"daemon: running (pid {pid}, engine {daemon['engine'] or 'unknown'})"
+    if daemon["started_at"] is not None:
+        line += f" since {_iso(daemon['started_at'])}"
+    return line
+
+
 def format_status(report: dict[str, Any]) -> str:
-    lines = [f"engine: {report['engine']}   ledger: {report['state_dir']}/ledger.db"]
+    lines = [
+        _daemon_line(report["daemon"]),
+        f"engine: {report['engine']}   ledger: {report['state_dir']}/ledger.db",
+    ]
     for inbox in report["inboxes"]:
         counts = ", ".join(
             f"{number} {state}" for state, number in inbox["counts"].items() if number

@@ -412,6 +412,9 @@ def test_api_key_never_shows(tmp_path: Path, env: dict[str, str]) -> None:
         ("", 0o600, "is empty"),
         ("md_a\nmd_b\n", 0o600, "must hold only the secret, on one line"),
         ("md_a\n", 0o620, "is writable by other users; chmod 600"),
+        ("md_a\n", 0o660, "is writable by other users; chmod 600"),
+        ("md_a\n", 0o604, "is readable by other users; chmod 600"),
+        ("md_a\n", 0o642, "is writable by other users; chmod 600"),
     ],
 )
 def test_bad_api_key_files(
@@ -422,6 +425,15 @@ def test_bad_api_key_files(
     (problem,) = problems_of(path, env)
     assert problem.startswith(f"{path}:7:17: mindee.api_key_file: {tmp_path / 'key'} ")
     assert message in problem
+
+
+def test_a_key_file_its_group_may_read_is_accepted(tmp_path: Path, env: dict[str, str]) -> None:
+    # root:ocrwatchd 0640 is how the service user is given the key (see the README).
+    secret_file(tmp_path / "key", KEY + "\n", 0o640)
+    path = write(tmp_path, MINIMAL + f"mindee:\n  api_key_file: key\n  model_id: {MODEL}\n")
+    config = load_config(path, env)
+    assert config.mindee.api_key is not None
+    assert config.mindee.api_key.reveal() == KEY
 
 
 def test_unreadable_api_key_file_is_not_replaced_by_the_environment(
