@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ocrwatchd import __version__, report, service
 from ocrwatchd.config import Config, check_environment, engine_problems, load_config
+from ocrwatchd.engines import lifeline
 from ocrwatchd.errors import (
     ApiError,
     ConfigError,
@@ -156,6 +157,9 @@ def _ocr(config: Config, file: Path) -> int:
                 alias=str(source),
                 languages=config.local.languages,
                 tessdata_dir=config.local.tessdata_dir,
+                max_pixels_per_page=config.local.max_pixels_per_page,
+                max_pages=config.local.max_pages,
+                max_seconds_per_file=config.local.max_seconds_per_file,
             )
     except EngineError as exc:
         print(f"ocrwatchd: {source}: {exc}", file=sys.stderr)
@@ -216,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return ExitCode.OK if exc.code == 0 else ExitCode.USAGE
+    # Before any helper process exists: each will end with this process, however it ends.
+    lifeline.install()
     try:
         return int(dispatch(args))
     except ConfigError as exc:
