@@ -34,7 +34,7 @@ from tests.test_local_engine import LINES, text_image
 
 FILE_TYPES = FIXTURES / "file_types"
 NO_KEY = {"MINDEE_V2_API_KEY": ""}
-HUGE_REASON = "huge.png: 12000\u00d712000 = 144 Mpx per page is over local.max_pixels_per_page"
+HUGE_REASON = "huge.png is 12000\u00d712000 = 144 Mpx per page, over local.max_pixels_per_page"
 
 
 def ocr(path: Path, **limits: Any) -> dict[str, Any]:
@@ -103,11 +103,11 @@ def test_ocr_command_on_a_huge_image_stays_small(tmp_path: Path, huge_png: Path)
 def test_a_document_over_max_pages_fails_before_its_first_page(tmp_path: Path) -> None:
     with pytest.raises(FileRejected) as caught:
         ocr(FILE_TYPES / "blank.pdf", max_pages=5)
-    assert str(caught.value) == "blank.pdf: 10 pages is over local.max_pages (5)"
+    assert str(caught.value) == "blank.pdf has 10 pages, over local.max_pages (5)"
     tiff = tmp_path / "fax.tif"
     first, second = text_image(LINES[:2], dpi=100), text_image(LINES[2:], dpi=100)
     first.save(tiff, save_all=True, append_images=[second])
-    with pytest.raises(FileRejected, match=r"^fax\.tif: 2 pages is over local\.max_pages \(1\)$"):
+    with pytest.raises(FileRejected, match=r"^fax\.tif has 2 pages, over local\.max_pages \(1\)$"):
         ocr(tiff, max_pages=1)
     assert ocr(FILE_TYPES / "blank.pdf", max_pages=10)["file"]["page_count"] == 10
 
@@ -116,7 +116,7 @@ def test_a_file_over_its_time_fails_with_the_time_reason(page: Path) -> None:
     with pytest.raises(FileRejected) as caught:
         ocr(page, max_seconds_per_file=0.01)
     assert str(caught.value) == (
-        "invoice.png: reading it took more than 0.01 s, over local.max_seconds_per_file (0.01)"
+        "invoice.png took more than 0.01 s to read, over local.max_seconds_per_file (0.01)"
     )
 
 
@@ -150,7 +150,7 @@ def test_workers_refuse_over_limit_files_and_go_on(
     with pytest.raises(FileRejected) as caught:
         small_engine.submit(big, "/in/big.png").result(timeout=60)
     assert str(caught.value) == (
-        "big.png: reading it needs more memory than local.max_worker_memory_mb (320) allows"
+        "big.png needs more memory to read than local.max_worker_memory_mb (320) allows"
     )
     [pid] = small_engine.worker_pids()
     assert peak_rss_mb(pid) < 300

@@ -199,7 +199,7 @@ def _work(path: Path, alias: str, job_id: str | None) -> bytes | tuple[str, bool
         return (str(error), error.retryable)
     except MemoryError:
         return FileRejected(
-            f"{path.name}: reading it needs more memory than local.max_worker_memory_mb "
+            f"{path.name} needs more memory to read than local.max_worker_memory_mb "
             f"({memory_mb}) allows"
         )
     finally:

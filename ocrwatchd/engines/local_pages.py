@@ -93,7 +93,7 @@ class Budget:
         """Return the refusal of a file that took longer than `max_seconds_per_file`."""
         seconds = self.limits.max_seconds_per_file
         return FileRejected(
-            f"{self.path.name}: reading it took more than {seconds:g} s, "
+            f"{self.path.name} took more than {seconds:g} s to read, "
             f"over local.max_seconds_per_file ({seconds:g})"
         )
 
@@ -101,7 +101,8 @@ class Budget:
         """Raise `FileRejected` when a document of `count` pages is over `max_pages`."""
         if count > self.limits.max_pages:
             raise FileRejected(
-                f"{self.path.name}: {count} pages is over local.max_pages ({self.limits.max_pages})"
+                f"{self.path.name} has {count} pages, "
+                f"over local.max_pages ({self.limits.max_pages})"
             )
 
     def check_pixels(self, size: tuple[int, int], what: str = "per page") -> None:
@@ -109,8 +110,8 @@ class Budget:
         width, height = size
         if width * height > self.limits.max_pixels_per_page:
             raise FileRejected(
-                f"{self.path.name}: {width}\u00d7{height} = {width * height / 1e6:.0f} Mpx "
-                f"{what} is over local.max_pixels_per_page ({self.limits.max_pixels_per_page})"
+                f"{self.path.name} is {width}\u00d7{height} = {width * height / 1e6:.0f} Mpx "
+                f"{what}, over local.max_pixels_per_page ({self.limits.max_pixels_per_page})"
             )
 
 
