@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ocrwatchd import __version__, engines, report, service, statelock
 from ocrwatchd.config import Config, check_environment, load_config
+from ocrwatchd.engines import lifeline
 from ocrwatchd.errors import ApiError, ConfigError, ExitCode, FileRejected, OcrwatchdError
 
 log = logging.getLogger("ocrwatchd")
@@ -273,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return ExitCode.OK if exc.code == 0 else ExitCode.USAGE
+    # Before any helper process exists: each will end with this process, however it ends.
+    lifeline.install()
     try:
         return int(dispatch(args))
     except ConfigError as exc:

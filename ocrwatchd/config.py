@@ -98,6 +98,10 @@ class LocalConfig:
     languages: tuple[str, ...] = ("eng",)
     workers: int = 2
     tessdata_dir: Path | None = None
+    max_pixels_per_page: int = 100_000_000
+    max_pages: int = 500
+    max_seconds_per_file: float = 600
+    max_worker_memory_mb: int = 2048
 
 
 @dataclass(frozen=True)

@@ -198,6 +198,18 @@ def positive_int(node: Node, key: str, ctx: Context) -> int:
     return int(value)
 
 
+def whole_number(*, at_least: int) -> Converter:
+    """Return a converter for a whole number of `at_least` or more."""
+
+    def convert(node: Node, key: str, ctx: Context) -> int:
+        value = _number(node, ctx) if node.tag == _INT else None
+        if value is None or value < at_least:
+            raise Invalid(f"must be a whole number, {at_least} or more, got {describe(node)}")
+        return int(value)
+
+    return convert
+
+
 def choice(*options: str) -> Converter:
     """Return a converter that accepts exactly one of `options`."""
 
@@ -471,6 +483,11 @@ LOCAL = Section(
         "languages": Field(list_of(text, non_empty="is empty; name at least one, like [eng]")),
         "workers": Field(positive_int),
         "tessdata_dir": Field(filesystem_path, nullable=True),
+        "max_pixels_per_page": Field(positive_int),
+        "max_pages": Field(positive_int),
+        "max_seconds_per_file": Field(seconds()),
+        # Below this a worker cannot even load Tesseract and read a small page.
+        "max_worker_memory_mb": Field(whole_number(at_least=256)),
     },
     _SECRETS_ELSEWHERE,
 )

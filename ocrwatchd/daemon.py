@@ -257,6 +257,8 @@ class Daemon:
         for observer in self.observers.values():
             observer.stop()
         deadline = time.monotonic() + STOP_WITHIN
+        if self.engine is not None:
+            self.engine.close()
         for observer in self.observers.values():
             observer.join(timeout=max(0.0, deadline - time.monotonic()))
         for thread in self.threads:
@@ -264,8 +266,6 @@ class Daemon:
         left = [thread.name for thread in self.threads if thread.is_alive()]
         if left:
             log.warning("stopped with %s still busy; the next start resumes", ", ".join(left))
-        if self.engine is not None:
-            self.engine.close()
 
     def _ensure_watches(self, *, starting: bool = False) -> None:
         """Start a watch for every inbox that has none, or whose watch ended (its folder

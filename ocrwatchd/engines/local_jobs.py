@@ -28,6 +28,7 @@ from ocrwatchd.lifecycle import (
 
 # A worker's end is announced; this is only the safety net's period.
 LOOK_AGAIN = 5.0
+STOP_GRACE = 1.0  # seconds the workers get to finish their page at a stop
 
 
 class LocalJobs(Engine):
@@ -41,6 +42,10 @@ class LocalJobs(Engine):
             workers=settings.workers,
             languages=settings.languages,
             tessdata_dir=settings.tessdata_dir,
+            max_pixels_per_page=settings.max_pixels_per_page,
+            max_pages=settings.max_pages,
+            max_seconds_per_file=settings.max_seconds_per_file,
+            max_worker_memory_mb=settings.max_worker_memory_mb,
         )
         self._jobs: dict[str, Future[bytes]] = {}
         self._lock = threading.Lock()
@@ -94,4 +99,5 @@ class LocalJobs(Engine):
             return RetryLater(f"cannot read the file: {exc}")
 
     def close(self) -> None:
-        self.pool.close()
+        # A file cut short is read again at the next start: a stop does not wait for it.
+        self.pool.close(grace=STOP_GRACE)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,9 +24,6 @@ from ocrwatchd.errors import FileRejected
 logger = logging.getLogger(__name__)
 
 RENDER_DPI = 300
-# A0 at 300 dpi is 140 megapixels; anything larger is more likely a decompression bomb
-# than a scan, and would need gigabytes per worker.
-MAX_PIXELS = 150_000_000
 HEIF_MISSING = "HEIC/HEIF needs the optional pillow-heif package: pip install 'ocrwatchd[heif]'"
 
 _PILLOW_FORMATS = {
@@ -57,19 +55,90 @@ Page = list[Line]
 OcrPage = Callable[[Image.Image, float | None], Page]
 
 
-def read_pages(path: Path, mime_type: str, ocr: OcrPage) -> list[Page]:
+@dataclass(frozen=True)
+class Limits:
+    """What one file may cost; each is the config key of the same name under `local:`."""
+
+    # A0 at 300 dpi is 140 megapixels and needs about 1.5 GB to read; an ordinary page, 9.
+    max_pixels_per_page: int = 100_000_000
+    max_pages: int = 500
+    max_seconds_per_file: float = 600.0
+
+
+class Budget:
+    """The limits of one file being read, and the deadline that started with its reading.
+
+    Every refusal names the file, the limit and its config key, so that a user can tell a
+    broken file from a limit set too low.
+    """
+
+    def __init__(
+        self, path: Path, limits: Limits, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.path = path
+        self.limits = limits
+        self._clock = clock
+        self._deadline = clock() + limits.max_seconds_per_file
+
+    def seconds_left(self) -> float:
+        """Return the time left to read this file (negative once it has run out)."""
+        return self._deadline - self._clock()
+
+    def check_time(self) -> None:
+        """Raise the time refusal once the file has taken its `max_seconds_per_file`."""
+        if self.seconds_left() <= 0:
+            raise self.overtime()
+
+    def overtime(self) -> FileRejected:
+        """Return the refusal of a file that took longer than `max_seconds_per_file`."""
+        seconds = self.limits.max_seconds_per_file
+        return FileRejected(
+            f"{self.path.name} took more than {seconds:g} s to read, "
+            f"over local.max_seconds_per_file ({seconds:g})"
+        )
+
+    def check_pages(self, count: int) -> None:
+        """Raise `FileRejected` when a document of `count` pages is over `max_pages`."""
+        if count > self.limits.max_pages:
+            raise FileRejected(
+                f"{self.path.name} has {count} pages, "
+                f"over local.max_pages ({self.limits.max_pages})"
+            )
+
+    def check_pixels(self, size: tuple[int, int], what: str = "per page") -> None:
+        """Raise `FileRejected` when an image of `size` pixels is over `max_pixels_per_page`."""
+        width, height = size
+        if width * height > self.limits.max_pixels_per_page:
+            raise FileRejected(
+                f"{self.path.name} is {width}\u00d7{height} = {width * height / 1e6:.0f} Mpx "
+                f"{what}, over local.max_pixels_per_page ({self.limits.max_pixels_per_page})"
+            )
+
+
+def read_pages(
+    path: Path, mime_type: str, ocr: OcrPage, budget: Budget | None = None
+) -> list[Page]:
     """Read every page of the document at `path` (of type `mime_type`, as sniffed).
 
     Given `ocr`, called with a greyscale image and its resolution in dpi (None when the
-    file does not say), for each page that needs OCR. Returns one `Page` per page.
-    Raises `FileRejected` when the document cannot be decoded or is absurdly large.
+    file does not say), for each page that needs OCR, and the file's `budget` (default
+    limits when None). Returns one `Page` per page. Raises `FileRejected` when the
+    document cannot be decoded or is over a limit; sizes and page counts are checked
+    before anything is decoded, the time between pages.
     """
+    budget = budget or Budget(path, Limits())
     if mime_type == "application/pdf":
-        return _pdf_pages(path, ocr)
-    return [ocr(image, dpi) for image, dpi in _image_pages(path, mime_type)]
+        return _pdf_pages(path, ocr, budget)
+    pages = []
+    for image, dpi in _image_pages(path, mime_type, budget):
+        pages.append(ocr(image, dpi))
+        budget.check_time()
+    return pages
 
 
-def _image_pages(path: Path, mime_type: str) -> Iterator[tuple[Image.Image, float | None]]:
+def _image_pages(
+    path: Path, mime_type: str, budget: Budget
+) -> Iterator[tuple[Image.Image, float | None]]:
     """Yield (greyscale image, dpi or None) for each page: every frame of a TIFF, else one."""
     if mime_type in ("image/heic", "image/heif"):
         _register_heif()
@@ -79,13 +148,18 @@ def _image_pages(path: Path, mime_type: str) -> Iterator[tuple[Image.Image, floa
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path, formats=_PILLOW_FORMATS[mime_type])
         with image:
+            budget.check_pages(getattr(image, "n_frames", 1))
             frames = ImageSequence.Iterator(image) if mime_type == "image/tiff" else [image]
             for frame in frames:
-                _check_pixels(path, frame.size)
+                # Opening read only the header: nothing is decoded before this check.
+                budget.check_pixels(frame.size)
                 upright = ImageOps.exif_transpose(frame)
                 yield _greyscale(upright), _plausible_dpi(frame.info.get("dpi"))
     except Image.DecompressionBombError as error:
-        raise FileRejected(f"{path.name} is too large to decode safely: {error}") from error
+        raise FileRejected(
+            f"{path.name} is too large to decode safely ({error}); the limit is "
+            f"local.max_pixels_per_page ({budget.limits.max_pixels_per_page})"
+        ) from error
     except (FileNotFoundError, PermissionError):
         raise  # about the file's place, not its content: the caller decides
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
@@ -101,16 +175,6 @@ def _register_heif() -> None:
         raise FileRejected(HEIF_MISSING) from error
     if "HEIF" not in Image.OPEN:
         pillow_heif.register_heif_opener()
-
-
-def _check_pixels(path: Path, size: tuple[int, int]) -> None:
-    """Raise `FileRejected` when an image of `size` pixels exceeds `MAX_PIXELS`."""
-    width, height = size
-    if width * height > MAX_PIXELS:
-        raise FileRejected(
-            f"{path.name} is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); "
-            f"the limit is {MAX_PIXELS / 1e6:.0f} megapixels"
-        )
 
 
 def _greyscale(image: Image.Image) -> Image.Image:
@@ -136,7 +200,7 @@ def _plausible_dpi(dpi: object) -> float | None:
     return None
 
 
-def _pdf_pages(path: Path, ocr: OcrPage) -> list[Page]:
+def _pdf_pages(path: Path, ocr: OcrPage, budget: Budget) -> list[Page]:
     """Read each page of a PDF from its text layer when it has one, else by OCR."""
     try:
         pdf = pdfium.PdfDocument(path)
@@ -149,14 +213,16 @@ def _pdf_pages(path: Path, ocr: OcrPage) -> list[Page]:
             raise FileRejected(f"{path.name} is a password-protected PDF ({reason})") from error
         raise FileRejected(f"{path.name} cannot be read as a PDF: {reason}") from error
     try:
+        budget.check_pages(len(pdf))
         pages = []
         for index in range(len(pdf)):
             page = pdf[index]
             try:
-                pages.append(_pdf_page(page, ocr))
+                pages.append(_pdf_page(page, ocr, budget))
             finally:
                 page.close()
             logger.debug("%s page %d: %d lines", path.name, index + 1, len(pages[-1]))
+            budget.check_time()
         return pages
     except pdfium.PdfiumError as error:
         raise FileRejected(f"{path.name}: a page cannot be read: {error}") from error
@@ -164,7 +230,7 @@ def _pdf_pages(path: Path, ocr: OcrPage) -> list[Page]:
         pdf.close()
 
 
-def _pdf_page(page: pdfium.PdfPage, ocr: OcrPage) -> Page:
+def _pdf_page(page: pdfium.PdfPage, ocr: OcrPage, budget: Budget) -> Page:
     """Return the lines of one PDF page: from its text layer, or by rendering it for OCR."""
     if (
         pdfium_c.FPDFPage_CountObjects(page.raw) == 0
@@ -179,11 +245,21 @@ def _pdf_page(page: pdfium.PdfPage, ocr: OcrPage) -> Page:
     if lines is not None:
         logger.debug("reading a PDF page from its text layer")
         return lines
+    # pdfium decodes a picture whole to draw it, whatever size the page is rendered at.
+    for picture in page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=2):
+        assert isinstance(picture, pdfium.PdfImage)
+        try:
+            size = picture.get_px_size()
+        except pdfium.PdfiumError:
+            continue  # a picture pdfium cannot size is one it will not draw either
+        budget.check_pixels(size, "in a picture")
     width, height = page.get_size()
     scale = RENDER_DPI / 72
-    # Huge page sizes (posters, broken MediaBoxes) are rendered at a lower resolution.
-    if width * height * scale * scale > MAX_PIXELS:
-        scale = (MAX_PIXELS / (width * height)) ** 0.5
+    # The resolution is ours to choose: huge page sizes (posters, broken MediaBoxes) are
+    # rendered at a lower one rather than refused.
+    most = budget.limits.max_pixels_per_page
+    if width * height * scale * scale > most:
+        scale = (most / (width * height)) ** 0.5
     bitmap = page.render(scale=scale, grayscale=True, may_draw_forms=True)
     try:
         image = bitmap.to_pil().convert("L")

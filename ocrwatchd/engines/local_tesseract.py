@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,7 @@ class Tesseract:
         self._tesserocr: Any = tesserocr
         self._osd_dir = osd_dir
         self._osd: Any = None
+        self._deadline: float | None = None
         self._api: Any = self._create(tessdata_dir, "+".join(languages), tesserocr.PSM.AUTO)
 
     def _create(self, data_dir: Path, lang: str, psm: int) -> Any:
@@ -101,11 +103,14 @@ class Tesseract:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def read(self, image: Image.Image, dpi: float | None) -> Page:
+    def read(self, image: Image.Image, dpi: float | None, deadline: float | None = None) -> Page:
         """Recognise a greyscale page image whose resolution is `dpi` (None: unknown).
 
-        Returns its lines of words, boxes relative to `image`, in reading order.
+        Returns its lines of words, boxes relative to `image`, in reading order. With a
+        `deadline` (on the `time.monotonic` clock), recognition stops there and raises
+        `EngineError`.
         """
+        self._deadline = deadline
         api = self._api
         api.SetImage(image)
         api.SetSourceResolution(round(dpi or _DEFAULT_DPI))
@@ -142,7 +147,13 @@ class Tesseract:
         Returns (lines, mean word confidence 0..100, word count).
         """
         api, tesserocr = self._api, self._tesserocr
-        if not api.Recognize():
+        if self._deadline is None:
+            recognised = api.Recognize()
+        else:
+            # Tesseract checks its own clock as it goes: the one bound on a page's time.
+            left = max(1, round((self._deadline - time.monotonic()) * 1000))
+            recognised = api.Recognize(timeout=left)
+        if not recognised:
             raise EngineError("Tesseract failed to recognise the page", retryable=False)
         iterator = api.GetIterator()
         lines: Page = []
