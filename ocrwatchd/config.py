@@ -134,6 +134,7 @@ class InboxConfig:
     failed_dir: Path | None = None
     write_text: bool = False
     dedupe: bool = True
+    ready_marker: bool = False  # take NAME only once NAME.ready exists
 
 
 @dataclass(frozen=True)

@@ -455,6 +455,7 @@ INBOX = Section(
         "failed_dir": Field(filesystem_path, nullable=True),
         "write_text": Field(boolean),
         "dedupe": Field(boolean),
+        "ready_marker": Field(boolean),
     },
     _SECRETS_ELSEWHERE,
 )

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from ocrwatchd import engines, service
+from ocrwatchd import engines, metrics, service
 from ocrwatchd.config import Config, load_config
 from ocrwatchd.errors import ConfigError, ExitCode, StateError
 from ocrwatchd.finisher import Finisher
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from watchdog.observers.api import BaseObserver
 
     from ocrwatchd.engines.base import Engine
+    from ocrwatchd.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class Daemon:
         self.engine: Engine | None = None
         self.shared: Shared | None = None
         self.finisher: Finisher | None = None
+        self.metrics: Metrics | None = None
         self.observers: dict[str, BaseObserver] = {}
         self.ledger_path = config.state_dir / "ledger.db"
 
@@ -128,7 +130,12 @@ class Daemon:
             {inbox.name: inbox for inbox in self.config.inboxes},
             policy=self.engine.policy,
             on_result=finisher.notify if finisher else None,
+            on_finished=self._on_finished,
         )
+
+    def _on_finished(self, inbox: str, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.file_finished(inbox, outcome)
 
     def _intake_loop(self, stop: threading.Event) -> None:
         assert self.shared is not None
@@ -143,6 +150,7 @@ class Daemon:
             stop=stop,
         )
         self.intake = intake
+        self.shared.available = intake.available
         try:
             intake.scan_all()
             self.scanned.set()
@@ -211,13 +219,22 @@ class Daemon:
         config = self.config
         try:
             config.state_dir.mkdir(parents=True, exist_ok=True)
-            for inbox in config.inboxes:
-                inbox.outbox.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StateError(f"cannot create a state or outbox directory: {exc}") from exc
+            raise StateError(f"cannot create the state directory: {exc}") from exc
+        for inbox in config.inboxes:
+            # A missing outbox is more often a typo than a wish: never create it silently.
+            if not inbox.outbox.is_dir():
+                raise StateError(
+                    f"inbox {inbox.name}: the outbox {inbox.outbox} does not exist;"
+                    f" create it (mkdir -p {inbox.outbox})"
+                )
         ledger = Ledger(self.ledger_path)
         try:
             self.engine = engines.build(config, daemon=True)
+            self.metrics = metrics.from_config(config, self.ledger_path)
+            if self.metrics is not None:
+                self.metrics.start()
+                self.engine.on_request = self.metrics.api_request
             self.shared = Shared(self.engine, config, self.stop)
             lifecycle = self._lifecycle(ledger)
             moved = recover(lifecycle, self.engine)
@@ -227,7 +244,9 @@ class Daemon:
             self.modes = {inbox.name: watch_mode(inbox) for inbox in config.inboxes}
             if not self.once:
                 self._ensure_watches(starting=True)
-            finisher = self.finisher = Finisher(config, self.ledger_path)
+            finisher = self.finisher = Finisher(
+                config, self.ledger_path, on_finished=self._on_finished
+            )
             self._spawn("intake", self._intake_loop)
             for name, target in [*finisher.threads(), *self._engine_threads()]:
                 self._spawn(name, target)
@@ -266,6 +285,8 @@ class Daemon:
         left = [thread.name for thread in self.threads if thread.is_alive()]
         if left:
             log.warning("stopped with %s still busy; the next start resumes", ", ".join(left))
+        if self.metrics is not None:
+            self.metrics.stop()
 
     def _ensure_watches(self, *, starting: bool = False) -> None:
         """Start a watch for every inbox that has none, or whose watch ended (its folder

@@ -9,7 +9,6 @@ hashes it, rejects what the API cannot take, reuses a done result for identical 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import queue
@@ -23,10 +22,20 @@ from pathlib import Path
 from ocrwatchd import filetypes, outbox
 from ocrwatchd.config import Config, InboxConfig
 from ocrwatchd.errors import FileRejected
+from ocrwatchd.fsafe import OpenSource, UnsafeSource, open_source
 from ocrwatchd.ledger import Row
-from ocrwatchd.lifecycle import Duplicate, Failed, Lifecycle, Settled, State, Vanished
-from ocrwatchd.pipeline import identity_of
-from ocrwatchd.rules import skip_reason
+from ocrwatchd.lifecycle import (
+    Duplicate,
+    Failed,
+    Lifecycle,
+    Settled,
+    State,
+    Vanished,
+    identity_of,
+    identity_of_open,
+)
+from ocrwatchd.presence import Presence
+from ocrwatchd.rules import marked_file, ready_marker_of, skip_reason
 from ocrwatchd.watcher import (
     CHANGED,
     COMPLETE,
@@ -35,7 +44,6 @@ from ocrwatchd.watcher import (
     SCAN_DIR,
     SCANNED,
     Event,
-    inbox_available,
     unsafe_reason,
     walk,
 )
@@ -47,6 +55,7 @@ TICK = 0.1  # seconds between settle checks; small next to any sensible settle_s
 # lost to inotify overflow, or a writer that keeps the file open but idle).
 QUIET_FALLBACK = 60.0
 REST = 5.0  # seconds to wait for hints when nothing settles (the watchers wake it)
+UNREADABLE_RETRY = 3.0  # seconds before a file that could not be read is tried again
 
 
 @dataclass
@@ -59,14 +68,6 @@ class Candidate:
     mtime_ns: int
     stable_since: float
     complete: bool  # a close/move-in event (or a scan) said the writer is finished
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Intake:
@@ -93,7 +94,7 @@ class Intake:
         self.clock = clock
         self.inboxes = {inbox.name: inbox for inbox in config.inboxes}
         self.candidates: dict[tuple[str, str], Candidate] = {}
-        self.was_mount = {inbox.name: os.path.ismount(inbox.path) for inbox in config.inboxes}
+        self.presence = Presence(list(config.inboxes), clock=clock)
         self.available: dict[str, bool] = {}
 
     # -- the loop ------------------------------------------------------------------
@@ -133,7 +134,7 @@ class Intake:
     def scan(self, inbox: InboxConfig, top: Path | None = None) -> bool:
         """Look at every file of the inbox (or below `top`); returns the inbox's
         availability. A full scan also notices files removed before they were queued."""
-        available = inbox_available(inbox, self.was_mount[inbox.name])
+        available = self.presence.check(inbox)
         self._set_available(inbox, available)
         if not available:
             return False
@@ -181,7 +182,8 @@ class Intake:
                 inbox.path,
             )
         elif inbox.name in self.available:
-            log.info("inbox %s: available again", inbox.name)
+            log.info("inbox %s: available again; looking at every file", inbox.name)
+            self.events.put((inbox.name, str(inbox.path), SCAN_DIR))
         self.available[inbox.name] = available
         self.ledger.set_inbox(
             inbox.name, path=str(inbox.path), watch=self.modes[inbox.name], available=available
@@ -193,6 +195,11 @@ class Intake:
                 self._vanished(inbox, row)
 
     def _vanished(self, inbox: InboxConfig, row: Row) -> None:
+        """A file seems gone: believed only while its inbox is there (a share that went
+        away keeps its files' rows as they are, and its settling files settling)."""
+        if not self.presence.believed(inbox):
+            self._set_available(inbox, False)
+            return
         self.candidates.pop((inbox.name, row.relpath), None)
         self.lifecycle.apply(row, Vanished())
 
@@ -218,6 +225,10 @@ class Intake:
             if path.is_dir() and not path.is_symlink():
                 self.scan(inbox, path)
             return
+        marked = marked_file(relpath) if inbox.ready_marker else None
+        if marked is not None and hint != GONE:  # NAME.ready: NAME may be ready now
+            self.handle(inbox, inbox.path / marked, SCANNED)
+            return
         skip = skip_reason(inbox, relpath)
         if skip is not None:
             if skip.record and hint != GONE:
@@ -225,13 +236,14 @@ class Intake:
             return
         key = (inbox.name, relpath)
         try:
-            unsafe = unsafe_reason(inbox, path)
+            unsafe = unsafe_reason(path)
             info = path.stat() if unsafe is None else None
         except FileNotFoundError:
-            self.candidates.pop(key, None)
             row = self.ledger.find(inbox.name, relpath)
             if row is not None and row.state in (State.SETTLING, State.PENDING):
                 self._vanished(inbox, row)
+            elif self.presence.believed(inbox):
+                self.candidates.pop(key, None)
             return
         except OSError as exc:
             log.warning("%s: cannot stat %s: %s", inbox.name, relpath, exc)
@@ -291,32 +303,58 @@ class Intake:
     def _ready(self, inbox: InboxConfig, candidate: Candidate) -> None:
         row = candidate.row
         relpath = row.relpath
-        path = inbox.path / relpath
+        if inbox.ready_marker and not os.path.lexists(inbox.path / ready_marker_of(relpath)):
+            return  # its NAME.ready marker brings it back
         try:
-            digest = sha256_of(path)
-            info = path.stat()
+            source = open_source(inbox.path, relpath)
         except FileNotFoundError:
-            self.handle(inbox, path, GONE)
+            self.handle(inbox, inbox.path / relpath, GONE)
+            return
+        except UnsafeSource as exc:
+            self.lifecycle.ignore(inbox.name, relpath, str(exc))
             return
         except OSError as exc:
-            log.warning("%s: cannot read %s: %s; will look again", inbox.name, relpath, exc)
+            self._unreadable(candidate, f"cannot read it: {exc.strerror or exc}")
             return
-        if not row.same_identity(identity_of(info)):
-            self.handle(inbox, path, SCANNED)  # changed while settling or hashing
+        with source:
+            self._check(inbox, candidate, source)
+
+    def _check(self, inbox: InboxConfig, candidate: Candidate, source: OpenSource) -> None:
+        """Hash, sniff and queue a settled file, from the one descriptor opened for it."""
+        row, path = candidate.row, inbox.path / candidate.row.relpath
+        if not row.same_identity(identity_of_open(source.identity)):
+            self.handle(inbox, path, SCANNED)  # changed while settling
             return
+        if source.writer_active():
+            # Still open for writing somewhere (a paused writer): settle again.
+            self._unreadable(candidate, "a process still has it open for writing", retry=True)
+            return
+        problem = outbox.name_problem(inbox, row.relpath)
         try:
+            if problem is not None:
+                raise FileRejected(problem)
+            digest = source.sha256()
             kind = filetypes.sniff(path)
         except FileRejected as exc:
             self.lifecycle.apply(row, Failed(str(exc)))
             return
         except OSError as exc:
-            log.warning("%s: cannot read %s: %s; will look again", inbox.name, relpath, exc)
+            self._unreadable(candidate, f"cannot read it: {exc.strerror or exc}")
             return
         if inbox.dedupe and self._reuse(inbox, row, digest, path):
             return
-        queued = Settled(digest, f"queued ({kind.mime_type}, {info.st_size} bytes)")
+        queued = Settled(digest, f"queued ({kind.mime_type}, {source.identity.size} bytes)")
         if self.lifecycle.apply(row, queued):
             self.on_queued()
+
+    def _unreadable(self, candidate: Candidate, why: str, *, retry: bool = False) -> None:
+        """Look again in a few seconds, and say why on the row (`jobs`, `explain`)."""
+        row = candidate.row
+        if not retry:
+            log.warning("%s: %s: %s; looking again shortly", row.inbox, row.relpath, why)
+        self.ledger.defer(row, until=0, error=why)
+        candidate.stable_since = self.clock() + UNREADABLE_RETRY - candidate.inbox.settle_seconds
+        self.candidates[(row.inbox, row.relpath)] = candidate
 
     def _reuse(self, inbox: InboxConfig, row: Row, digest: str, path: Path) -> bool:
         """Dedupe: identical content already done in this inbox → copy its result."""

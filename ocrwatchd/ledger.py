@@ -379,12 +379,14 @@ class Ledger:
             [row.id, row.generation],
         )
 
-    def forget_source(self, row: Row) -> None:
-        """The source was deleted or moved away: a new file at that path is a new file."""
+    def forget_source(self, row: Row, *, moved_to: str | None = None) -> None:
+        """The source was deleted or moved away (to `moved_to`, kept in result_path for a
+        failed file): a new file at that path is a new file."""
         self.db.execute(
             "UPDATE files SET size = NULL, mtime_ns = NULL, dev = NULL, inode = NULL,"
-            " ctime_ns = NULL WHERE id = ? AND generation = ?",
-            [row.id, row.generation],
+            " ctime_ns = NULL, result_path = COALESCE(?, result_path)"
+            " WHERE id = ? AND generation = ?",
+            [moved_to, row.id, row.generation],
         )
 
     # -- inbox status --------------------------------------------------------------

@@ -111,11 +111,13 @@ class Row:
 
     def same_identity(self, identity: Mapping[str, int | None]) -> bool:
         """Whether a file with `identity` is the version this row describes: same size
-        and mtime and, where both sides know them, same device, inode and ctime."""
+        and mtime and, where both sides know them, same inode and ctime (a replacement
+        by rsync or `cp -p` keeps size and mtime). The device is not compared: a share
+        mounted again may get another device number for the very same files."""
         for name in ("size", "mtime_ns"):
             if getattr(self, name) != identity.get(name):
                 return False
-        for name in ("dev", "inode", "ctime_ns"):
+        for name in ("inode", "ctime_ns"):
             mine, theirs = getattr(self, name), identity.get(name)
             if mine is not None and theirs is not None and mine != theirs:
                 return False

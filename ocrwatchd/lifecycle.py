@@ -20,15 +20,18 @@ one. The ledger keeps the SQL.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from ocrwatchd import outbox
+from ocrwatchd.fsafe import SourceChanged
 from ocrwatchd.pacing import backoff_delay
 from ocrwatchd.service import file_fields
 
@@ -449,15 +452,22 @@ class Lifecycle:
             self.on_finished(row.inbox, outcome)
 
     def _dispose(self, inbox: InboxConfig, row: Row) -> None:
-        """Apply on_success (the result is durable by now). A failure leaves the source
-        where it is, logged and shown in `status`."""
+        """Apply on_success (the result is durable by now) to the very file processed.
+        A file that changed since is kept (intake processes it again); a failure leaves
+        the source where it is, logged and shown in `status`."""
         try:
-            if outbox.dispose_source(inbox, row.relpath):
-                self.ledger.forget_source(row)
+            done = outbox.dispose_source(inbox, row.relpath, _disk_identity(row))
+        except SourceChanged as exc:
+            log.info("%s: %s: kept: %s", inbox.name, row.relpath, exc)
+            return
         except OSError as exc:
             message = f"on_success {inbox.on_success} failed for {row.relpath}: {exc}"
             log.error("%s: %s", inbox.name, message)
             self.ledger.note_error(inbox.name, message)
+            return
+        self._remove_marker(inbox, row)
+        if done:
+            self.ledger.forget_source(row)
 
     def _move_failed(self, inbox: InboxConfig, row: Row) -> None:
         details = {
@@ -467,13 +477,26 @@ class Lifecycle:
             "attempts": row.attempts,
         }
         try:
-            moved = outbox.move_to_failed(inbox, row.relpath, details)
+            moved = outbox.move_to_failed(inbox, row.relpath, details, _disk_identity(row))
+        except SourceChanged as exc:
+            log.info("%s: %s: left in the inbox: %s", inbox.name, row.relpath, exc)
+            return
         except OSError as exc:
             log.error("%s: %s: cannot move to failed_dir: %s", inbox.name, row.relpath, exc)
             self.ledger.note_error(inbox.name, f"cannot move {row.relpath} to failed_dir: {exc}")
             return
+        self._remove_marker(inbox, row)
         if moved is not None:
-            self.ledger.forget_source(row)
+            self.ledger.forget_source(row, moved_to=str(moved))
+
+    def _remove_marker(self, inbox: InboxConfig, row: Row) -> None:
+        """With ready_marker, the file's NAME.ready goes once the file is finished."""
+        if not inbox.ready_marker:
+            return
+        marker = inbox.path / (row.relpath + ".ready")
+        with contextlib.suppress(FileNotFoundError):
+            if not marker.is_symlink() and marker.is_file():
+                marker.unlink()
 
     def internal_error(self, row: Row, exc: Exception) -> None:
         """A bug met while handling one file: fail that file with the error (so it ends
@@ -488,6 +511,30 @@ class Lifecycle:
         self.apply(
             current, Failed(f"internal error ({type(exc).__name__}: {exc}); please report it")
         )
+
+
+def identity_of(info: os.stat_result) -> dict[str, int]:
+    """What tells one version of a file from another, as the ledger stores it."""
+    return {
+        "size": info.st_size,
+        "mtime_ns": info.st_mtime_ns,
+        "dev": info.st_dev,
+        "inode": info.st_ino,
+        "ctime_ns": info.st_ctime_ns,
+    }
+
+
+def identity_of_open(identity: Sequence[int]) -> dict[str, int]:
+    """The same from an open file's (device, inode, size, mtime_ns, ctime_ns)."""
+    dev, inode, size, mtime_ns, ctime_ns = identity
+    return {"size": size, "mtime_ns": mtime_ns, "dev": dev, "inode": inode, "ctime_ns": ctime_ns}
+
+
+def _disk_identity(row: Row) -> tuple[int, int, int, int] | None:
+    """(device, inode, size, mtime) of the version processed, for disposal's check."""
+    if row.dev is None or row.inode is None or row.size is None or row.mtime_ns is None:
+        return None
+    return (row.dev, row.inode, row.size, row.mtime_ns)
 
 
 _NO_IDENTITY = {"size": None, "mtime_ns": None, "dev": None, "inode": None, "ctime_ns": None}

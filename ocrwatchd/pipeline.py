@@ -12,17 +12,18 @@ after one fetch. After a crash only an `uploading` row is submitted again.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ocrwatchd.config import Config
 from ocrwatchd.engines.base import Engine, JobRef, Submission
+from ocrwatchd.fsafe import UnsafeSource, open_source
 from ocrwatchd.ledger import Ledger, Row, storage_trouble
 from ocrwatchd.lifecycle import (
     AccountRefused,
+    Failed,
     Lifecycle,
     Orphaned,
     Outcome,
@@ -33,6 +34,7 @@ from ocrwatchd.lifecycle import (
     State,
     Submitted,
     Vanished,
+    identity_of_open,
 )
 from ocrwatchd.pacing import Wakeup, backoff_delay
 
@@ -117,10 +119,13 @@ class Shared:
     poll_wake: Wakeup = field(default_factory=Wakeup)
     submit_wake: Wakeup = field(default_factory=Wakeup)
 
+    available: Mapping[str, bool] = field(default_factory=dict)  # intake's view
+
     @property
     def inboxes(self) -> list[str]:
-        # Rows of an inbox that left the config wait for a config that has it again.
-        return [inbox.name for inbox in self.config.inboxes]
+        """The inboxes whose rows are worked on: rows of an inbox that left the config
+        wait for a config that has it again, and an unavailable inbox's rows wait for it."""
+        return [i.name for i in self.config.inboxes if self.available.get(i.name, True)]
 
 
 class Loop:
@@ -172,22 +177,27 @@ class Submitter(Loop):
         return True
 
     def _submit(self, row: Row) -> Outcome:
+        """Open the very file that settled (no link followed) and hand it to the engine."""
         config = self.shared.config
         inbox = next(i for i in config.inboxes if i.name == row.inbox)
         path = inbox.path / row.relpath
+        later = inbox.settle_seconds + 1
         try:
-            info = os.stat(path)
+            source = open_source(inbox.path, row.relpath)
         except FileNotFoundError:
             return Vanished()
+        except UnsafeSource as exc:
+            return Failed(str(exc))
         except OSError as exc:
             return RetryLater(f"cannot read the file: {exc}")
-        if not row.same_identity(identity_of(info)):
-            # Intake sees the change too, and settles the new version.
-            return RetryLater(
-                "changed since it settled", after=inbox.settle_seconds + 1, counts=False
-            )
-        model = config.model_id_for(inbox)
-        return self.engine.submit(Submission(path, str(path), model))
+        with source:
+            if not row.same_identity(identity_of_open(source.identity)):
+                # Intake sees the change too, and settles the new version.
+                return RetryLater("changed since it settled", after=later, counts=False)
+            if source.writer_active():
+                return RetryLater("a process has it open for writing", after=later, counts=False)
+            model = config.model_id_for(inbox)
+            return self.engine.submit(Submission(path, str(path), model, source.reader()))
 
     def rest(self) -> float:
         wait = self.gate.wait(submitting=True)
@@ -277,17 +287,6 @@ def run_loop(
         else:
             idle = IDLE_MIN
         wake.wait(min(wait, REST_MAX))
-
-
-def identity_of(info: os.stat_result) -> dict[str, int]:
-    """What tells one version of a file from another."""
-    return {
-        "size": info.st_size,
-        "mtime_ns": info.st_mtime_ns,
-        "dev": info.st_dev,
-        "inode": info.st_ino,
-        "ctime_ns": info.st_ctime_ns,
-    }
 
 
 def ocr_file(

@@ -274,16 +274,13 @@ def walk(inbox: InboxConfig, top: Path | None = None) -> Iterator[Entry]:
             yield Entry(path, path.relative_to(root).as_posix())
 
 
-def unsafe_reason(inbox: InboxConfig, path: Path) -> str | None:
-    """Why a path must not be read at all (symlink leaving the inbox, FIFO, device,
-    socket), or None. Raises FileNotFoundError when it is gone."""
+def unsafe_reason(path: Path) -> str | None:
+    """Why a path must not be read at all (a symbolic link, a FIFO, a device, a socket),
+    or None. Links are never followed, wherever they point: a link inside the inbox names
+    a file that is processed in its own place. Raises FileNotFoundError when it is gone."""
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode):
-        target = Path(os.path.realpath(path))
-        root = Path(os.path.realpath(inbox.path))
-        if target != root and root not in target.parents:
-            return "a symbolic link pointing outside the inbox; refused"
-        info = os.stat(path)
+        return "a symbolic link; links are never followed (the file itself is processed)"
     if not stat.S_ISREG(info.st_mode):
         kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else "not a regular file"
         kind = "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode) else kind

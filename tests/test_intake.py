@@ -129,16 +129,36 @@ def test_exclude_patterns_apply_to_paths_and_names(tmp_path):
     assert skip_reason(inbox, "x/A.PDF") is None
 
 
-def test_a_symlink_leaving_the_inbox_is_refused_but_one_inside_is_followed(harness, tmp_path):
+def test_symlinks_are_never_followed_the_file_itself_is_processed(harness, tmp_path):
     outside = tmp_path / "secret.jpg"
     outside.write_bytes(JPEG)
     os.symlink(outside, harness.inbox.path / "escape.jpg")
     harness.wait_state("escape.jpg", State.IGNORED)
-    assert "outside the inbox" in harness.ledger.find("scans", "escape.jpg").reason
+    assert "symbolic link" in harness.ledger.find("scans", "escape.jpg").reason
     drop(harness.inbox.path / "real.jpg", JPEG)
     os.symlink(harness.inbox.path / "real.jpg", harness.inbox.path / "alias.jpg")
     harness.intake.scan_all()
-    harness.wait_state("alias.jpg", State.PENDING)
+    harness.wait_state("real.jpg", State.PENDING)
+    harness.wait_state("alias.jpg", State.IGNORED)
+
+
+def test_a_folder_swapped_for_a_symlink_after_the_sighting_is_not_followed(harness, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "private.jpg").write_bytes(JPEG)
+    (harness.inbox.path / "sub").mkdir()
+    drop(harness.inbox.path / "sub" / "private.jpg", JPEG)
+    harness.intake.step(0.2)  # seen, settling
+    # Swapped between the sighting and the read: the folder is now a link to outside.
+    os.rename(harness.inbox.path / "sub", tmp_path / "moved-away")
+    os.symlink(outside, harness.inbox.path / "sub")
+    harness.intake.scan_all()
+    wait_for(
+        lambda: harness.state("sub/private.jpg") in (State.IGNORED, None),
+        what="the swapped file refused",
+    )
+    row = harness.ledger.find("scans", "sub/private.jpg")
+    assert row is None or row.sha256 is None  # never read through the link
 
 
 def test_a_fifo_is_refused_without_blocking(harness):

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from ocrwatchd.lifecycle import Outcome, RetryPolicy
 from ocrwatchd.pacing import Wakeup
@@ -23,11 +24,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Submission:
-    """A file to OCR: where it is, the alias the result carries, the model to use."""
+    """A file to OCR: where it is, the alias the result carries, the model to use and,
+    when the caller opened it safely, the open file to read (an engine that reads in
+    this process reads that, not the path)."""
 
     path: Path
     alias: str
     model_id: str | None
+    file: BinaryIO | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class Engine(ABC):
     policy: RetryPolicy = RetryPolicy()
 
     def __init__(self) -> None:
+        # Told of each request to a remote API (endpoint, status, seconds), if any.
+        self.on_request: Callable[[str, int | str, float], None] | None = None
         self.news = Wakeup()
         self._news: set[str] = set()
         self._news_lock = threading.Lock()

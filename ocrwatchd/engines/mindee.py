@@ -35,6 +35,7 @@ network layer says.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -43,7 +44,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import requests
@@ -110,8 +111,10 @@ class MindeeClient:
         request_timeout: float,
         connect_timeout: float = 10,
         check_result: Callable[[bytes], str | None] = result_problem,
+        on_request: Callable[[str, int | str, float], None] | None = None,
     ) -> None:
         self._check_result = check_result
+        self._on_request = on_request
         self._base_url = base_url.rstrip("/")
         self._origin = origin(self._base_url)
         self._api_key = api_key
@@ -149,8 +152,10 @@ class MindeeClient:
         alias: str,
         filename: str,
         webhook_ids: Sequence[str] = (),
+        file: BinaryIO | None = None,
     ) -> Job:
-        """Upload the file at `path` for OCR and return the new job (normally Processing).
+        """Upload the file at `path` (or the open `file`, read from where it stands) for
+        OCR and return the new job (normally Processing).
 
         The file is streamed from disk, not loaded into memory. Any 2xx answer is success.
         Raises OSError if the file cannot be opened, ApiError for everything else (a file
@@ -158,7 +163,9 @@ class MindeeClient:
         """
         fields = [("model_id", model_id), ("alias", alias), ("filename", filename)]
         fields += [("webhook_ids", webhook_id) for webhook_id in webhook_ids]
-        with path.open("rb") as file:
+        with contextlib.ExitStack() as stack:
+            if file is None:
+                file = stack.enter_context(path.open("rb"))
             body = MultipartBody(fields, filename, file, os.fstat(file.fileno()).st_size)
             answer = self._request(
                 "POST",
@@ -307,12 +314,14 @@ class MindeeClient:
             data = b""  # an error answer: its status is enough
         except _NETWORK_ERRORS as exc:
             kind = "timed out" if timed_out(exc) else "failed"
+            self._observe(what, "error", started)
             log.debug("%s %s %s after %.3f s", method, url, kind, time.monotonic() - started)
             # `from None` keeps the network layer's exception chain out of tracebacks.
             raise self._error(
                 f"{what}: request {kind}, no answer from the API ({type(exc).__name__}: {exc})",
                 status=None,
             ) from None
+        self._observe(what, response.status_code, started)
         log.debug(
             "%s %s: HTTP %d in %.3f s",
             method,
@@ -321,6 +330,12 @@ class MindeeClient:
             time.monotonic() - started,
         )
         return _Answer(response.status_code, response.headers, data)
+
+    def _observe(self, what: str, status: int | str, started: float) -> None:
+        """Tell `on_request` (the metrics) of one request: endpoint, status, seconds."""
+        if self._on_request is not None:
+            endpoint = what.split()[0] if what.startswith(("job", "enqueue", "result")) else what
+            self._on_request(endpoint, status, time.monotonic() - started)
 
     def _check_status(self, answer: _Answer, what: str, also_ok: tuple[int, ...] = ()) -> None:
         """Raise ApiError unless the answer is a 2xx or one of `also_ok`."""

@@ -95,6 +95,7 @@ class MindeeEngine(Engine):
                 settings.api_key,
                 request_timeout=settings.request_timeout,
                 check_result=self.check_result,
+                on_request=self.on_request,
             )
             self._local.client = client
             with self._lock:
@@ -119,6 +120,7 @@ class MindeeEngine(Engine):
                 alias=submission.alias,
                 filename=path.name,
                 webhook_ids=self.settings.webhook_ids,
+                file=submission.file,
             )
         except FileNotFoundError:
             return Vanished()
