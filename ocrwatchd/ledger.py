@@ -364,20 +364,18 @@ class Ledger:
         values = cursor.fetchone()
         return None if values is None else Row(*values)
 
-    def defer(self, row: Row, *, until: float, error: str | None) -> bool:
-        """Leave `row` in its state but try it again no sooner than `until`."""
+    def defer(
+        self, row: Row, *, until: float, error: str | None, write_attempt: bool = False
+    ) -> bool:
+        """Leave `row` in its state but try it again no sooner than `until` (counting one
+        more outbox write attempt, with `write_attempt`), if it is still as it was read."""
+        counted = ", write_attempts = write_attempts + 1" if write_attempt else ""
         cursor = self.db.execute(
-            "UPDATE files SET next_attempt_at = ?, last_error = ?, updated_at = ?"
+            f"UPDATE files SET next_attempt_at = ?, last_error = ?, updated_at = ?{counted}"
             " WHERE id = ? AND generation = ? AND state = ?",
             [until, error, self._clock(), row.id, row.generation, row.state],
         )
         return bool(cursor.rowcount == 1)
-
-    def count_write_attempt(self, row: Row) -> None:
-        self.db.execute(
-            "UPDATE files SET write_attempts = write_attempts + 1 WHERE id = ? AND generation = ?",
-            [row.id, row.generation],
-        )
 
     def forget_source(self, row: Row, *, moved_to: str | None = None) -> None:
         """The source was deleted or moved away (to `moved_to`, kept in result_path for a

@@ -223,6 +223,24 @@ class Requeued(Outcome):
     """An operator asked for a failed file to be tried again."""
 
 
+# The states an outcome can be reported for (the others' are in TRANSITIONS alone).
+EXPECTED: Mapping[type[Outcome], frozenset[State]] = {
+    Settled: frozenset({State.SETTLING}),
+    Duplicate: frozenset({State.SETTLING}),
+    Submitted: frozenset({State.UPLOADING}),
+    Running: frozenset({State.PROCESSING}),
+    Result: frozenset({State.PROCESSING}),
+    PollTrouble: frozenset({State.PROCESSING}),
+    RetryLater: frozenset({State.UPLOADING, State.PROCESSING}),
+    Orphaned: frozenset({State.PROCESSING}),
+    AccountRefused: frozenset({State.UPLOADING, State.PROCESSING}),
+    Interrupted: frozenset({State.UPLOADING, State.PROCESSING}),
+    Written: frozenset({State.FETCHED}),
+    WriteTrouble: frozenset({State.FETCHED}),
+    Requeued: frozenset({State.FAILED}),
+}
+
+
 @dataclass(frozen=True)
 class _Move:
     to: State
@@ -310,12 +328,20 @@ class Lifecycle:
             return False
         inbox = self.inboxes.get(row.inbox)
         name = inbox.name if inbox else row.inbox
-        if isinstance(plan, _Defer):
-            changed = self.ledger.defer(row, until=self.clock() + plan.seconds, error=plan.error)
-            if changed and plan.message:
-                log.log(plan.level, "%s: %s: %s", name, row.relpath, plan.message)
-            return changed
         state = State(row.state)
+        expected = EXPECTED.get(type(outcome))
+        if expected is not None and state not in expected:
+            raise IllegalTransition(f"{type(outcome).__name__} for a {state} row: {row}")
+        if isinstance(plan, _Defer):
+            writing = isinstance(outcome, WriteTrouble)
+            until = self.clock() + plan.seconds
+            if not self.ledger.defer(row, until=until, error=plan.error, write_attempt=writing):
+                return False
+            if writing:
+                self.ledger.note_error(row.inbox, plan.error or "")
+            if plan.message:
+                log.log(plan.level, "%s: %s: %s", name, row.relpath, plan.message)
+            return True
         if plan.to not in TRANSITIONS[state]:
             raise IllegalTransition(f"{state} → {plan.to} ({type(outcome).__name__}) for {row}")
         moved = self.ledger.move(row, plan.to, **plan.fields)
@@ -413,8 +439,6 @@ class Lifecycle:
             case WriteTrouble(message):
                 tries = row.write_attempts + 1
                 delay = backoff_delay(tries, cap=300)
-                self.ledger.note_error(row.inbox, message)
-                self.ledger.count_write_attempt(row)
                 return _Defer(
                     delay, message, logging.ERROR, f"{message}; retrying in {delay:.0f} s"
                 )

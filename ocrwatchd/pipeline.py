@@ -146,10 +146,14 @@ class Loop:
 class Submitter(Loop):
     """Takes due pending files to the engine, while it has capacity."""
 
+    def _busy(self) -> int:
+        """Jobs in flight that count against the capacity (those of inboxes worked on)."""
+        return self.ledger.count(BUSY, inboxes=self.shared.inboxes, engine=self.engine.name)
+
     def _claim(self) -> Row | None:
         # A lock, so that this process's submitters together keep to the capacity.
         with self.shared.claim_lock:
-            busy = self.ledger.count(BUSY, engine=self.engine.name)
+            busy = self._busy()
             if busy >= self.engine.capacity:
                 return None
             return self.ledger.claim(
@@ -203,7 +207,7 @@ class Submitter(Loop):
         wait = self.gate.wait(submitting=True)
         if wait > 0:
             return wait
-        if self.ledger.count(BUSY, engine=self.engine.name) >= self.engine.capacity:
+        if self._busy() >= self.engine.capacity:
             return REST_MAX  # a poller wakes us when a job leaves flight
         return self._until(self.ledger.next_due_at(State.PENDING, inboxes=self.shared.inboxes))
 

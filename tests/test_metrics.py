@@ -14,14 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from ocrwatchd import metrics
 from ocrwatchd.config import load_config
 from ocrwatchd.errors import ConfigError
-from ocrwatchd.ledger import (
-    DONE,
-    FAILED,
-    PENDING,
-    PROCESSING,
-    UPLOADING,
-    Ledger,
-)
+from ocrwatchd.ledger import Ledger
+from ocrwatchd.lifecycle import Lifecycle, Requeued, State
 from ocrwatchd.metrics import Metrics, MetricsError
 from tests.helpers import wait_for
 
@@ -35,22 +29,18 @@ def fill_ledger(path: Path) -> None:
     ledger = Ledger(path, clock=lambda: CREATED)
     try:
         states = {
-            "settling.pdf": [],
-            "pending.pdf": [PENDING],
-            "uploading.pdf": [PENDING, UPLOADING],
-            "processing.pdf": [PENDING, PROCESSING],
-            "done1.pdf": [DONE],
-            "done2.pdf": [DONE],
-            "failed.pdf": [FAILED],
+            "settling.pdf": State.SETTLING,
+            "pending.pdf": State.PENDING,
+            "uploading.pdf": State.UPLOADING,
+            "processing.pdf": State.PROCESSING,
+            "done1.pdf": State.DONE,
+            "done2.pdf": State.DONE,
+            "failed.pdf": State.FAILED,
         }
-        for name, path_of_states in states.items():
-            row, _ = ledger.observe("a", name, 10, 1)
-            for state in path_of_states:
-                assert ledger.transition(row, state)
-                row = ledger.get(row.id)
-        ledger.ignore("a", "notes.txt", "not included")
-        row, _ = ledger.observe("b", "x.pdf", 10, 1)
-        assert ledger.transition(row, DONE)
+        for name, state in states.items():
+            assert ledger.insert("a", name, state, size=10, mtime_ns=1)
+        ledger.insert("a", "notes.txt", State.IGNORED, reason="not included")
+        assert ledger.insert("b", "x.pdf", State.DONE, size=10, mtime_ns=1)
         ledger.set_inbox("a", path="/in/a", watch="events", available=True)
         ledger.set_inbox("b", path="/in/b", watch="poll", available=False)
         ledger.set_paused("the API refused the key (401)")
@@ -123,7 +113,8 @@ def test_gauges_follow_the_ledger_from_scrape_to_scrape(tmp_path: Path) -> None:
         assert 'ocrwatchd_files{inbox="a",state="failed"} 1.0' in samples(scrape(served.address))
         ledger = Ledger(ledger_path)
         try:
-            assert ledger.retry_failed() == 1
+            [failed] = ledger.rows(states=[State.FAILED])
+            assert Lifecycle(ledger, {}).apply(failed, Requeued())
             ledger.set_paused(None)
         finally:
             ledger.close()
@@ -157,7 +148,7 @@ def test_the_textfile_is_rewritten_and_parses(tmp_path: Path) -> None:
         published.file_finished("a", "failed")
         ledger = Ledger(ledger_path)
         try:
-            ledger.observe("a", "new.pdf", 5, 5)
+            ledger.insert("a", "new.pdf", State.SETTLING, size=5, mtime_ns=5)
         finally:
             ledger.close()
 

@@ -9,7 +9,8 @@ import logging
 import shutil
 from pathlib import Path
 
-from ocrwatchd.ledger import DONE, FAILED, PENDING, Ledger
+from ocrwatchd.ledger import Ledger
+from ocrwatchd.lifecycle import State
 from ocrwatchd.progress import ProgressBar, bar_safe_logging
 from tests.helpers import FIXTURES, cli, write_config
 
@@ -44,12 +45,11 @@ def explain_config(tmp_path: Path) -> tuple[Path, dict[str, Path]]:
     )
     ledger = Ledger(tmp_path / "state" / "ledger.db")
     try:
-        row, _ = ledger.observe("scans", "sub/a.pdf", 10, 1)
-        ledger.transition(row, DONE, result_path=str(places["out"] / "sub" / "a.pdf.json"))
-        row, _ = ledger.observe("scans", "b.pdf", 10, 1)
-        ledger.transition(row, FAILED, reason="the PDF is encrypted")
-        row, _ = ledger.observe("scans", "c.pdf", 10, 1)
-        ledger.transition(row, PENDING)
+        result = str(places["out"] / "sub" / "a.pdf.json")
+        ledger.insert("scans", "sub/a.pdf", State.DONE, size=10, mtime_ns=1, result_path=result)
+        reason = "the PDF is encrypted"
+        ledger.insert("scans", "b.pdf", State.FAILED, size=10, mtime_ns=1, reason=reason)
+        ledger.insert("scans", "c.pdf", State.PENDING, size=10, mtime_ns=1)
         ledger.set_inbox("scans", path=str(places["in"]), watch="events", available=True)
         ledger.set_paused("the API refused the key (401): check mindee.api_key_file")
     finally:

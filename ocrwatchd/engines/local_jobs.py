@@ -7,6 +7,7 @@ poller finds them unknown (Orphaned) and the files are submitted again.
 
 from __future__ import annotations
 
+import importlib
 import threading
 import uuid
 from concurrent.futures import CancelledError, Future
@@ -56,7 +57,15 @@ class LocalJobs(Engine):
 
     @classmethod
     def problems(cls, config: Config) -> list[str]:
-        """Language data missing (naming the package to install)."""
+        """Its libraries or language data missing (naming the package to install)."""
+        for library in ("tesserocr", "pypdfium2"):
+            try:
+                importlib.import_module(library)
+            except ImportError as error:
+                message = f"the local engine cannot be loaded: {error}"
+                return [
+                    format_problem(config.source, config.marks.get("engine"), "engine", message)
+                ]
         local = config.local
         mark = config.marks.get("local.languages")
         return [
