@@ -5,7 +5,8 @@ through the ledger, and a scripted engine (the one boundary these tests fake).""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,11 @@ from typing import Any
 from ocrwatchd.config import Config, InboxConfig, LocalConfig, MindeeConfig
 from ocrwatchd.engines.base import Engine, JobRef, Submission
 from ocrwatchd.ledger import Ledger, Row
-from ocrwatchd.lifecycle import Outcome, RetryPolicy, State, Submitted
-from ocrwatchd.pipeline import identity_of
+from ocrwatchd.lifecycle import Lifecycle, Outcome, RetryPolicy, State, Submitted
+from ocrwatchd.pipeline import Gate, Poller, Shared, Submitter, identity_of
 
 START = 1_700_000_000.0  # an epoch well after 0, so "due at 0" rows are due
+SHA = "a" * 64
 
 
 class ManualClock:
@@ -93,6 +95,34 @@ def drop_pending(
     return put(ledger, State.PENDING, relpath, inbox.name, sha256="0" * 64, **identity)
 
 
+class World:
+    def __init__(self, tmp_path: Path, **inbox: Any) -> None:
+        self.clock = ManualClock()
+        self.inbox = make_inbox(tmp_path, **inbox)
+        self.ledger = Ledger(tmp_path / "state" / "ledger.db", clock=self.clock)
+        self.ledger.set_inbox("scans", path=str(self.inbox.path), watch="events", available=True)
+        self.finished: list[tuple[str, str]] = []
+        self.results: list[tuple[int, bytes]] = []
+        self.lifecycle = Lifecycle(
+            self.ledger,
+            {"scans": self.inbox},
+            on_result=lambda row, body: self.results.append((row.id, body)),
+            on_finished=lambda inbox, outcome: self.finished.append((inbox, outcome)),
+            clock=self.clock,
+        )
+
+    def row(self, state: State, relpath: str = "a.pdf", **fields: Any) -> Row:
+        defaults = {"sha256": SHA, "attempts": 1, "engine": "fake", "size": 3, "mtime_ns": 4}
+        if state in (State.PROCESSING, State.FETCHED):
+            defaults["job_id"] = "job-0"
+        return put(self.ledger, state, relpath, **{**defaults, **fields})
+
+    def current(self, row: Row) -> Row:
+        now = self.ledger.get(row.id)
+        assert now is not None
+        return now
+
+
 Script = Callable[[Any], Outcome]
 
 
@@ -147,6 +177,67 @@ class FakeEngine(Engine):
             return script(arg)
         assert default is not None, "the test did not script this call"
         return default
+
+
+class Rig:
+    """One engine's loops over one ledger, each loop with its own connection."""
+
+    def __init__(
+        self, tmp_path: Path, engine: FakeEngine, *, inboxes: tuple[str, ...] = ("scans",)
+    ):
+        self.clock = ManualClock()
+        self.engine = engine
+        self.inboxes = {name: make_inbox(tmp_path, name) for name in inboxes}
+        self.inbox = next(iter(self.inboxes.values()))
+        self.config = make_config(tmp_path, self.inboxes.values())
+        self.path = tmp_path / "state" / "ledger.db"
+        self.connections: list[Ledger] = []
+        self.ledger = self.connect()
+        for inbox in self.inboxes.values():
+            self.ledger.set_inbox(inbox.name, path=str(inbox.path), watch="events", available=True)
+        self.shared = Shared(engine, self.config, threading.Event(), gate=Gate(clock=self.clock))
+
+    def connect(self) -> Ledger:
+        ledger = Ledger(self.path, clock=self.clock)
+        self.connections.append(ledger)
+        return ledger
+
+    def lifecycle(self) -> Lifecycle:
+        return Lifecycle(self.connect(), self.inboxes, policy=self.engine.policy, clock=self.clock)
+
+    def submitter(self) -> Submitter:
+        return Submitter(self.shared, self.lifecycle())
+
+    def poller(self) -> Poller:
+        return Poller(self.shared, self.lifecycle(), (0, 1))
+
+    def drop(self, relpath: str = "a.pdf") -> Row:
+        return drop_pending(self.ledger, self.inbox, relpath)
+
+    def row(self, relpath: str = "a.pdf", inbox: str = "scans") -> Row:
+        row = self.ledger.find(inbox, relpath)
+        assert row is not None
+        return row
+
+    def due(self, row: Row) -> None:
+        self.clock.to(row.next_attempt_at)
+
+    def close(self) -> None:
+        for ledger in self.connections:
+            ledger.close()
+
+
+def rigs(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
+    """The body of a `make_rig` fixture: makes rigs, closes them after the test."""
+    made: list[Rig] = []
+
+    def make(engine: FakeEngine, **options: Any) -> Rig:
+        made.append(Rig(tmp_path, engine, **options))
+        return made[-1]
+
+    yield make
+    for rig in made:
+        rig.close()
 
 
 def statements(ledger: Ledger) -> list[str]:

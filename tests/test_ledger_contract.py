@@ -1,22 +1,17 @@
 """The ledger's interface, as the rest of the daemon relies on it, run against every
 backend: `ledger_factory` yields a callable that opens one more connection to one fresh
 ledger (a shared PostgreSQL ledger would be one more param). The SQLite file's own
-promises (WAL, migrations, file mode) are at the end."""
+promises (WAL, migrations, file mode) are in test_ledger_sqlite.py."""
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import stat
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from ocrwatchd.errors import StateError
 from ocrwatchd.ledger import Ledger
-from ocrwatchd.ledger_schema import MIGRATIONS
 from ocrwatchd.lifecycle import PUBLIC_STATES, State
 from tests.lifecycle_support import START, ManualClock, put
 
@@ -381,51 +376,3 @@ def test_write_attempts_and_forgetting_the_source(ledger):
     after = ledger.get(row.id)
     assert after.write_attempts == 2
     assert (after.size, after.mtime_ns, after.inode, after.dev, after.ctime_ns) == (None,) * 5
-
-
-# -- the SQLite file ----------------------------------------------------------------------
-
-
-def test_sqlite_ledger_is_in_wal_mode(tmp_path):
-    Ledger(tmp_path / "ledger.db").close()
-    with sqlite3.connect(tmp_path / "ledger.db") as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-
-
-def test_sqlite_migrations_are_applied_once(tmp_path):
-    path = tmp_path / "ledger.db"
-    first = Ledger(path)
-    row = put(first, State.DONE, result_path="/o/a")
-    first.close()
-    for _ in range(2):
-        again = Ledger(path)
-        assert again.get(row.id) == row
-        again.close()
-    conn = sqlite3.connect(path)
-    try:
-        names = conn.execute(
-            "SELECT name FROM _sqlite_migrations WHERE migration_set = ? ORDER BY rowid",
-            [MIGRATIONS.name],
-        ).fetchall()
-    finally:
-        conn.close()
-    assert [name for (name,) in names] == ["m001_files", "m002_identity"]
-
-
-def test_sqlite_ledger_files_are_private_even_under_umask_022(tmp_path):
-    old = os.umask(0o022)
-    try:
-        ledger = Ledger(tmp_path / "state" / "ledger.db")
-        put(ledger, State.FETCHED, result=b"secret OCR text")
-        for name in ("ledger.db", "ledger.db-wal", "ledger.db-shm"):
-            path = tmp_path / "state" / name
-            assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
-        ledger.close()
-    finally:
-        os.umask(old)
-
-
-def test_sqlite_ledger_that_cannot_be_opened_is_a_state_error(tmp_path):
-    (tmp_path / "ledger.db").mkdir()
-    with pytest.raises(StateError, match="cannot open the ledger"):
-        Ledger(tmp_path / "ledger.db")
