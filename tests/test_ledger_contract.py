@@ -372,7 +372,6 @@ def test_write_attempts_and_forgetting_the_source(ledger):
     row = put(ledger, State.FETCHED, size=4, mtime_ns=5, inode=6, dev=7, ctime_ns=8)
     assert ledger.defer(row, until=1, error="full", write_attempt=True)
     assert ledger.defer(ledger.get(row.id), until=2, error="full", write_attempt=True)
-    assert not ledger.defer(row, until=3, error="stale row", write_attempt=True)
     ledger.forget_source(row, moved_to="/failed/a.pdf")
     after = ledger.get(row.id)
     assert (after.write_attempts, after.result_path) == (2, "/failed/a.pdf")
