@@ -34,46 +34,42 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
-from ocrwatchd.config_schema import (
-    Context,
-    Invalid,
-    check_document,
-    normalise_base_url,
-    parse,
+from ocrwatchd.config_checks import (
+    CREDENTIAL_NAME,
+    check_disjoint,
+    check_environment,
+    check_inboxes,
+    check_mindee_engine,
+    check_secret_places,
 )
+from ocrwatchd.config_schema import (
+    INBOX,
+    LOCAL,
+    MINDEE,
+    TOP,
+    WEBHOOK,
+    check_document,
+    defaults,
+)
+from ocrwatchd.config_yaml import Context, Invalid, format_problem, normalise_base_url, parse
+
+__all__ = ["CREDENTIAL_NAME", "Config", "check_environment", "format_problem", "load_config"]
 from ocrwatchd.errors import ConfigError
 from ocrwatchd.secret import Secret
 
-DEFAULT_INCLUDE = (
-    "*.pdf",
-    "*.jpg",
-    "*.jpeg",
-    "*.png",
-    "*.tif",
-    "*.tiff",
-    "*.webp",
-    "*.heic",
-    "*.heif",
-)
 DEFAULT_BASE_URL = "https://api-v2.mindee.net"
-CREDENTIAL_NAME = "mindee-api-key"
-
-_KEY_PLACES = {
-    "api_key_file": "mindee.api_key_file",
-    "credentials": f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}",
-    "env": "$MINDEE_V2_API_KEY",
-}
 # A key with whitespace or control characters inside would break (or inject into) headers.
 _NOT_A_KEY = re.compile(r"[\s\x00-\x1f\x7f]")
-_OVERLAP = "inbox, outbox, archive, failed and state directories must not overlap"
+
+
+# The defaults come from the schema (`config_schema`), the one place they are written.
+_MINDEE, _LOCAL, _INBOX, _TOP = (defaults(part) for part in (MINDEE, LOCAL, INBOX, TOP))
 
 
 @dataclass(frozen=True)
@@ -82,26 +78,25 @@ class MindeeConfig:
     api_key_source: str | None  # where the key came from: "api_key_file", "credentials", "env"
     base_url: str
     model_id: str | None
-    webhook_ids: tuple[str, ...] = ()
-    max_in_flight: int = 20
-    enqueue_per_minute: float = 200
-    poll_per_minute: float = 1200
-    request_timeout: float = 120
-    job_timeout: float = 600
-    # The job polling schedule; the defaults are the official SDKs'.
-    poll_initial_delay: float = 2
-    poll_interval: float = 1.5
+    webhook_ids: tuple[str, ...] = _MINDEE["webhook_ids"]
+    max_in_flight: int = _MINDEE["max_in_flight"]
+    enqueue_per_minute: float = _MINDEE["enqueue_per_minute"]
+    poll_per_minute: float = _MINDEE["poll_per_minute"]
+    request_timeout: float = _MINDEE["request_timeout"]
+    job_timeout: float = _MINDEE["job_timeout"]
+    poll_initial_delay: float = _MINDEE["poll_initial_delay"]
+    poll_interval: float = _MINDEE["poll_interval"]
 
 
 @dataclass(frozen=True)
 class LocalConfig:
-    languages: tuple[str, ...] = ("eng",)
-    workers: int = 2
-    tessdata_dir: Path | None = None
-    max_pixels_per_page: int = 100_000_000
-    max_pages: int = 500
-    max_seconds_per_file: float = 600
-    max_worker_memory_mb: int = 2048
+    languages: tuple[str, ...] = _LOCAL["languages"]
+    workers: int = 2  # resolved: the CPUs this process may run on
+    tessdata_dir: Path | None = _LOCAL["tessdata_dir"]
+    max_pixels_per_page: int = _LOCAL["max_pixels_per_page"]
+    max_pages: int = _LOCAL["max_pages"]
+    max_seconds_per_file: float = _LOCAL["max_seconds_per_file"]
+    max_worker_memory_mb: int = _LOCAL["max_worker_memory_mb"]
 
 
 @dataclass(frozen=True)
@@ -122,19 +117,19 @@ class InboxConfig:
     name: str
     path: Path
     outbox: Path
-    model_id: str | None = None
-    recursive: bool = True
-    include: tuple[str, ...] = DEFAULT_INCLUDE
-    exclude: tuple[str, ...] = ()
-    watch: str = "auto"  # auto | events | poll
-    poll_interval: float = 5
-    settle_seconds: float = 2
-    on_success: str = "keep"  # keep | delete | archive
-    archive_dir: Path | None = None
-    failed_dir: Path | None = None
-    write_text: bool = False
-    dedupe: bool = True
-    ready_marker: bool = False  # take NAME only once NAME.ready exists
+    model_id: str | None = _INBOX["model_id"]
+    recursive: bool = _INBOX["recursive"]
+    include: tuple[str, ...] = _INBOX["include"]
+    exclude: tuple[str, ...] = _INBOX["exclude"]
+    watch: str = _INBOX["watch"]
+    poll_interval: float = _INBOX["poll_interval"]
+    settle_seconds: float = _INBOX["settle_seconds"]
+    on_success: str = _INBOX["on_success"]
+    archive_dir: Path | None = _INBOX["archive_dir"]
+    failed_dir: Path | None = _INBOX["failed_dir"]
+    write_text: bool = _INBOX["write_text"]
+    dedupe: bool = _INBOX["dedupe"]
+    ready_marker: bool = _INBOX["ready_marker"]
 
 
 @dataclass(frozen=True)
@@ -148,20 +143,13 @@ class Config:
     local: LocalConfig
     webhook: WebhookConfig | None
     inboxes: tuple[InboxConfig, ...]
-    reconcile_interval: float = 60
+    reconcile_interval: float = _TOP["reconcile_interval"]
     metrics: MetricsConfig = MetricsConfig()
     # key path ("inboxes[0].path") -> (line, column), 1-based, for messages about values
     marks: Mapping[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
 
     def model_id_for(self, inbox: InboxConfig) -> str | None:
         return inbox.model_id or self.mindee.model_id
-
-
-def format_problem(source: Path, mark: tuple[int, int] | None, key: str, message: str) -> str:
-    """Given the config file, a 1-based (line, column) or None, a key path (may be empty)
-    and a message, return `FILE:LINE:COL: key: message` (parts that are missing left out)."""
-    where = f"{source}:{mark[0]}:{mark[1]}" if mark else str(source)
-    return ": ".join(part for part in (where, key, message) if part)
 
 
 def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
@@ -185,34 +173,6 @@ def load_config(path: Path, env: Mapping[str, str] | None = None) -> Config:
         ordered = sorted(ctx.problems, key=lambda p: (p[0] is not None, p[0] or (0, 0)))
         raise ConfigError([format_problem(source, *problem) for problem in ordered])
     return config
-
-
-def check_environment(config: Config) -> list[str]:
-    """Given a loaded Config, return the filesystem problems, formatted like `load_config`'s.
-
-    Inboxes must be readable directories (writable too unless on_success is keep); outboxes,
-    archive and failed directories (and the metrics textfile's directory) must exist and be
-    writable: a missing one is more often a typo than a wish, so it is never created
-    silently. The state directory may be missing if it can be created. (The engine's own problems
-    come from `ocrwatchd.engines.problems`.) An empty list means all is well.
-    """
-    problems: list[str] = []
-
-    def report(key: str, message: str | None) -> None:
-        if message:
-            problems.append(format_problem(config.source, config.marks.get(key), key, message))
-
-    for index, inbox in enumerate(config.inboxes):
-        key = f"inboxes[{index}]"
-        report(f"{key}.path", _inbox_problem(inbox.path, inbox.on_success))
-        for name in ("outbox", "archive_dir", "failed_dir"):
-            directory = getattr(inbox, name)
-            if directory is not None:
-                report(f"{key}.{name}", _existing_dir_problem(directory))
-    report("state_dir", _writable_problem(config.state_dir))
-    if config.metrics.textfile is not None:
-        report("metrics.textfile", _existing_dir_problem(config.metrics.textfile.parent))
-    return problems
 
 
 def _read_text(source: Path, ctx: Context) -> str | None:
@@ -246,10 +206,10 @@ def _resolve(
     else:
         engine, automatic = ("mindee" if key_source else "local"), True
     if engine == "mindee":
-        _check_mindee_engine(mindee, inboxes, key_source, automatic, ctx)
-    _check_inboxes(inboxes, ctx)
-    _check_disjoint(state_dir, state_label, inboxes, ctx)
-    _check_secret_places(values, inboxes, ctx)
+        check_mindee_engine(mindee, inboxes, key_source, automatic, ctx)
+    check_inboxes(inboxes, ctx)
+    check_disjoint(state_dir, state_label, inboxes, ctx)
+    check_secret_places(values, inboxes, ctx)
     webhook = _webhook(values.get("webhook"), ctx)
     if ctx.problems:
         return None
@@ -259,12 +219,12 @@ def _resolve(
         state_dir=state_dir,
         engine=engine,
         engine_chosen_automatically=automatic,
-        log_level=values.get("log_level", "info"),
+        log_level=values.get("log_level", _TOP["log_level"]),
         mindee=MindeeConfig(api_key, key_source, base_url, **{"model_id": None, **options}),
         local=LocalConfig(**{"workers": cpu_count(), **values.get("local", {})}),
         webhook=webhook,
         inboxes=tuple(InboxConfig(**inbox) for inbox in inboxes),
-        reconcile_interval=values.get("reconcile_interval", 60),
+        reconcile_interval=values.get("reconcile_interval", _TOP["reconcile_interval"]),
         metrics=MetricsConfig(**values.get("metrics", {})),
         marks=dict(ctx.marks),
     )
@@ -378,197 +338,9 @@ def _base_url(mindee: dict[str, Any], env: Mapping[str, str], ctx: Context) -> s
     return DEFAULT_BASE_URL
 
 
-def _reported(ctx: Context, key: str) -> bool:
-    return any(problem[1] == key for problem in ctx.problems)
-
-
-def _check_mindee_engine(
-    mindee: dict[str, Any],
-    inboxes: Sequence[dict[str, Any]],
-    key_source: str | None,
-    automatic: bool,
-    ctx: Context,
-) -> None:
-    """The mindee engine needs an API key and, for every inbox, a model."""
-    if key_source is None:
-        places = ", ".join(_KEY_PLACES.values())
-        ctx.problem(
-            ctx.marks.get("engine"), "engine", f"is mindee but no API key was found in {places}"
-        )
-    if "model_id" in mindee or _reported(ctx, "mindee.model_id"):
-        return
-    why = (
-        f" (chosen because an API key is in {_KEY_PLACES[key_source]})"
-        if automatic and key_source
-        else ""
-    )
-    for index, inbox in enumerate(inboxes):
-        key = f"inboxes[{index}]"
-        if inbox and "model_id" not in inbox and not _reported(ctx, f"{key}.model_id"):
-            message = (
-                f"no model: the mindee engine{why} needs mindee.model_id or this inbox's model_id"
-            )
-            if automatic:
-                message += ", or set engine: local"
-            ctx.problem(ctx.marks.get(key), f"{key}.model_id", message)
-
-
-def _check_inboxes(inboxes: Sequence[dict[str, Any]], ctx: Context) -> None:
-    """Inbox names are unique; on_success: archive needs an archive_dir."""
-    owners: dict[str, str] = {}
-    for index, inbox in enumerate(inboxes):
-        key = f"inboxes[{index}]"
-        name = inbox.get("name")
-        if name in owners:
-            ctx.problem(
-                ctx.marks.get(f"{key}.name"), f"{key}.name", f"{owners[name]} has this name too"
-            )
-        elif name:
-            owners[name] = f"{key}.name"
-        archive_key = f"{key}.archive_dir"
-        archive_missing = "archive_dir" not in inbox and not _reported(ctx, archive_key)
-        if inbox.get("on_success") == "archive" and archive_missing:
-            message = "is archive, but archive_dir is not set"
-            ctx.problem(ctx.marks.get(f"{key}.on_success"), f"{key}.on_success", message)
-
-
-@dataclass(frozen=True)
-class _Place:
-    """A directory of the config, as written and with symlinks resolved."""
-
-    key: str
-    label: str
-    path: Path
-    resolved: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        try:
-            resolved = self.path.resolve()
-        except (OSError, RuntimeError):  # a symlink loop
-            resolved = self.path
-        object.__setattr__(self, "resolved", resolved)
-
-
-def _check_disjoint(
-    state_dir: Path, state_label: str, inboxes: Sequence[dict[str, Any]], ctx: Context
-) -> None:
-    """No two of the inbox, outbox, archive, failed and state directories are equal or nested
-    (Guarantee 5), across all inboxes: otherwise results would be watched as new files, or
-    two inboxes' results would collide."""
-    places = [_Place("state_dir", state_label, state_dir)]
-    for index, inbox in enumerate(inboxes):
-        for name in ("path", "outbox", "archive_dir", "failed_dir"):
-            if name in inbox:
-                key = f"inboxes[{index}].{name}"
-                places.append(_Place(key, key, inbox[name]))
-    for first, second in combinations(places, 2):
-        for a, b in ((first.path, second.path), (first.resolved, second.resolved)):
-            if a == b:
-                _report_overlap(second, first, "is the same directory as", ctx)
-            elif b.is_relative_to(a):
-                _report_overlap(second, first, "is inside", ctx)
-            elif a.is_relative_to(b):
-                _report_overlap(first, second, "is inside", ctx)
-            else:
-                continue
-            break
-
-
-def _report_overlap(inner: _Place, outer: _Place, relation: str, ctx: Context) -> None:
-    """Report at the inner place, unless only the outer one is written in the file."""
-    if inner.key in ctx.marks or outer.key not in ctx.marks:
-        message = f"{inner.path} {relation} {outer.label} ({outer.path})"
-        ctx.problem(ctx.marks.get(inner.key), inner.key, f"{message}; {_OVERLAP}")
-    else:
-        relation = "contains" if relation == "is inside" else relation
-        message = f"{outer.path} {relation} {inner.label} ({inner.path})"
-        ctx.problem(ctx.marks.get(outer.key), outer.key, f"{message}; {_OVERLAP}")
-
-
-def _check_secret_places(
-    values: dict[str, Any], inboxes: Sequence[dict[str, Any]], ctx: Context
-) -> None:
-    """A secret file inside a watched folder could be picked up (and uploaded) as a document."""
-    secrets = {
-        "mindee.api_key_file": values.get("mindee", {}).get("api_key_file"),
-        "webhook.secret_file": (values.get("webhook") or {}).get("secret_file"),
-    }
-    for key, path in secrets.items():
-        for index, inbox in enumerate(inboxes):
-            inbox_path = inbox.get("path")
-            if (
-                path
-                and inbox_path
-                and _Place(key, key, path).resolved.is_relative_to(
-                    _Place(key, key, inbox_path).resolved
-                )
-            ):
-                ctx.problem(
-                    ctx.marks.get(key),
-                    key,
-                    f"{path} is inside inboxes[{index}].path; keep secrets out of watched folders",
-                )
-
-
 def _webhook(values: dict[str, Any] | None, ctx: Context) -> WebhookConfig | None:
     if values is None or "secret_file" not in values:
         return None
     secret = _read_secret(values["secret_file"], "webhook.secret_file", ctx, private=True)
-    host, port = values.get("listen", ("127.0.0.1", 8787))
+    host, port = values.get("listen", defaults(WEBHOOK)["listen"])
     return WebhookConfig(host, port, Secret(secret) if secret else None)
-
-
-def _inbox_problem(path: Path, on_success: str) -> str | None:
-    """Given an inbox directory, return why it cannot be watched, or None."""
-    try:
-        if not path.exists():
-            return f"{path} does not exist"
-        if not path.is_dir():
-            return f"{path} is not a directory"
-    except OSError as error:
-        return f"{path} cannot be checked: {error.strerror}"
-    if not os.access(path, os.R_OK | os.X_OK):
-        return f"{path} is not readable"
-    if on_success != "keep" and not os.access(path, os.W_OK | os.X_OK):
-        return f"{path} is not writable, but on_success: {on_success} removes files from it"
-    return None
-
-
-def _existing_dir_problem(path: Path) -> str | None:
-    """Given a directory the daemon writes to but never creates, return why it cannot be
-    used, or None. A missing one gets the command that creates it, unless it cannot be."""
-    try:
-        missing = not path.exists() and not path.is_symlink()
-    except OSError as error:
-        return f"{path} cannot be checked: {error.strerror}"
-    problem = _writable_problem(path)
-    if missing and problem is None:
-        return f"{path} does not exist; create it (mkdir -p {shlex.quote(str(path))})"
-    return problem
-
-
-def _writable_problem(path: Path) -> str | None:
-    """Given a directory the daemon writes to, return why it cannot, or None.
-
-    A missing directory is fine when it can be created: its nearest existing ancestor is a
-    writable directory (the daemon creates missing parents too).
-    """
-    try:
-        if path.is_symlink() and not path.exists():
-            return f"{path} is a broken symlink"
-        if path.exists():
-            if not path.is_dir():
-                return f"{path} is not a directory"
-            if not os.access(path, os.W_OK | os.X_OK):
-                return f"{path} is not writable"
-            return None
-        ancestor = path.parent
-        while not ancestor.exists():
-            ancestor = ancestor.parent
-        if not ancestor.is_dir():
-            return f"{path} cannot be created: {ancestor} is not a directory"
-    except OSError as error:
-        return f"{path} cannot be checked: {error.strerror}"
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        return f"{path} cannot be created: {ancestor} is not writable"
-    return None

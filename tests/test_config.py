@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -10,12 +11,12 @@ import pytest
 
 from ocrwatchd import engines
 from ocrwatchd.config import (
-    DEFAULT_INCLUDE,
     check_environment,
     cpu_count,
     format_problem,
     load_config,
 )
+from ocrwatchd.config_schema import DEFAULT_INCLUDE, SECTIONS, shown_default
 from ocrwatchd.errors import ConfigError
 from ocrwatchd.secret import Secret
 
@@ -726,13 +727,43 @@ def test_example_config_loads() -> None:
     assert config.inboxes[0].path == Path("/srv/scans/inbox")
 
 
-def test_example_config_lists_every_key() -> None:
-    from ocrwatchd.config_schema import INBOX, LOCAL, MINDEE, TOP, WEBHOOK
+def example_comments() -> dict[tuple[str, str], str]:
+    """(section heading, key) → the comment lines just above the key in the example."""
+    found: dict[tuple[str, str], str] = {}
+    comment: list[str] = []
+    heading = ""
+    for line in EXAMPLE.read_text().splitlines():
+        stripped = line.strip().lstrip("-").strip()
+        key = re.match(r"#?\s*([a-z_]+):", stripped)
+        uncommented = line[2:] if line.startswith("# ") else line
+        if key and not uncommented.startswith((" ", "#", "-")):
+            heading = key.group(1)
+        if key and (heading, key.group(1)) not in found and not stripped.startswith("# e.g"):
+            found[(heading, key.group(1))] = " ".join(comment)
+        if stripped.startswith("#") and not key:
+            comment.append(stripped.lstrip("# "))
+        elif not stripped.startswith("#"):
+            comment = []
+    return found
 
-    text = EXAMPLE.read_text()
-    for section in (TOP, MINDEE, LOCAL, WEBHOOK, INBOX):
-        for key in section.fields:
-            assert f"{key}:" in text, key
+
+HEADINGS = {"at the top level": None, "in an inbox (under inboxes:)": "inboxes"}
+
+
+@pytest.mark.parametrize(
+    "section,key", [(section, key) for section in SECTIONS for key in section.fields]
+)
+def test_the_example_config_states_each_default_from_the_schema(section, key) -> None:
+    field = section.fields[key]
+    assert field.doc, f"{key} has no doc in the schema"
+    heading = HEADINGS.get(section.where, section.where.split()[-1].rstrip(":"))
+    comments = example_comments()
+    place = (heading or key, key)
+    assert place in comments, f"{key} is not in the example config"
+    default = shown_default(field)
+    if default is None or field.required:
+        return
+    assert f"Default: {default}" in comments[place], (key, comments[place])
 
 
 # check_environment. Tests run as root, where permission bits do not stop anything, so an
