@@ -261,3 +261,20 @@ def writer_active(target: int | Path) -> bool | None:
         return None
     fcntl.fcntl(target, F_SETLEASE, F_UNLCK)
     return False
+
+
+def identity_of(info: os.stat_result) -> dict[str, int]:
+    """What tells one version of a file from another, as the ledger stores it."""
+    return {
+        "size": info.st_size,
+        "mtime_ns": info.st_mtime_ns,
+        "dev": info.st_dev,
+        "inode": info.st_ino,
+        "ctime_ns": info.st_ctime_ns,
+    }
+
+
+def identity_of_open(identity: Sequence[int]) -> dict[str, int]:
+    """The same from an open file's (device, inode, size, mtime_ns, ctime_ns)."""
+    dev, inode, size, mtime_ns, ctime_ns = identity
+    return {"size": size, "mtime_ns": mtime_ns, "dev": dev, "inode": inode, "ctime_ns": ctime_ns}

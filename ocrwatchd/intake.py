@@ -22,7 +22,7 @@ from pathlib import Path
 from ocrwatchd import filetypes, outbox
 from ocrwatchd.config import Config, InboxConfig
 from ocrwatchd.errors import FileRejected
-from ocrwatchd.fsafe import OpenSource, UnsafeSource, open_source
+from ocrwatchd.fsafe import OpenSource, UnsafeSource, identity_of, identity_of_open, open_source
 from ocrwatchd.ledger import Row
 from ocrwatchd.lifecycle import (
     Duplicate,
@@ -31,8 +31,6 @@ from ocrwatchd.lifecycle import (
     Settled,
     State,
     Vanished,
-    identity_of,
-    identity_of_open,
 )
 from ocrwatchd.presence import Presence
 from ocrwatchd.rules import marked_file, ready_marker_of, skip_reason

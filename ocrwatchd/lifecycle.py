@@ -20,18 +20,33 @@ one. The ledger keeps the SQL.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from ocrwatchd import outbox
-from ocrwatchd.fsafe import SourceChanged
+from ocrwatchd import disposal
+from ocrwatchd.outcomes import (
+    AccountRefused,
+    Duplicate,
+    Failed,
+    Interrupted,
+    Orphaned,
+    Outcome,
+    PollTrouble,
+    Requeued,
+    Result,
+    RetryLater,
+    Running,
+    Settled,
+    Submitted,
+    Vanished,
+    WriteTrouble,
+    Written,
+)
 from ocrwatchd.pacing import backoff_delay
 from ocrwatchd.service import file_fields
 
@@ -99,128 +114,6 @@ class RetryPolicy:
     max_attempts: int = 5
     base: float = 2.0
     cap: float = 600.0
-
-
-# -- outcomes -----------------------------------------------------------------------
-# What intake, an engine, the finisher or an operator reports about one row.
-
-
-@dataclass(frozen=True)
-class Outcome:
-    pass
-
-
-@dataclass(frozen=True)
-class Settled(Outcome):
-    """Complete and checked: queue it."""
-
-    sha256: str
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class Duplicate(Outcome):
-    """Same content as a done file: its result was copied to `result_path`."""
-
-    sha256: str
-    result_path: str
-    original_id: int
-    original: str
-
-
-@dataclass(frozen=True)
-class Submitted(Outcome):
-    """The engine took the file as job `job_id`; follow it in `poll_in` seconds."""
-
-    job_id: str
-    poll_in: float
-
-
-@dataclass(frozen=True)
-class Running(Outcome):
-    """The job is still running; look again in `poll_in` seconds."""
-
-    poll_in: float
-
-
-@dataclass(frozen=True)
-class Result(Outcome):
-    """The job's result (OCR JSON), to be stored before anything else is done with it."""
-
-    body: bytes
-
-
-@dataclass(frozen=True)
-class RetryLater(Outcome):
-    """This submission did not work; submit again later (the policy may fail the file).
-
-    `counts`: whether it counts as one of the policy's attempts. `after`: no sooner than
-    this many seconds (a Retry-After). `hold`: the engine is rate-limited; every
-    submission waits (a 429).
-    """
-
-    message: str
-    after: float | None = None
-    counts: bool = True
-    hold: bool = False
-
-
-@dataclass(frozen=True)
-class PollTrouble(Outcome):
-    """A poll did not get an answer; the job itself is not in doubt. Poll again later."""
-
-    message: str
-    after: float | None = None
-
-
-@dataclass(frozen=True)
-class Failed(Outcome):
-    """The file can never be done as it is."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class Vanished(Outcome):
-    """The file is gone from the inbox before it was processed."""
-
-
-@dataclass(frozen=True)
-class Orphaned(Outcome):
-    """The engine no longer has the job (lost, expired, or stuck past its deadline)."""
-
-    message: str
-
-
-@dataclass(frozen=True)
-class AccountRefused(Outcome):
-    """The engine refused the account (401/402/403), not the file: nothing counts."""
-
-    message: str
-
-
-@dataclass(frozen=True)
-class Interrupted(Outcome):
-    """Work cut short by a stop or a crash, found at start."""
-
-
-@dataclass(frozen=True)
-class Written(Outcome):
-    """The result is in the outbox at `result_path`."""
-
-    result_path: str
-
-
-@dataclass(frozen=True)
-class WriteTrouble(Outcome):
-    """The outbox could not be written; the stored result waits for another try."""
-
-    message: str
-
-
-@dataclass(frozen=True)
-class Requeued(Outcome):
-    """An operator asked for a failed file to be tried again."""
 
 
 # The states an outcome can be reported for (the others' are in TRANSITIONS alone).
@@ -443,13 +336,8 @@ class Lifecycle:
                     delay, message, logging.ERROR, f"{message}; retrying in {delay:.0f} s"
                 )
             case Requeued():
-                fields = {
-                    "reason": None,
-                    "last_error": None,
-                    "attempts": 0,
-                    "job_id": None,
-                    "next_attempt_at": self.clock(),
-                }
+                fields = dict.fromkeys(("reason", "last_error", "job_id"))
+                fields.update(attempts=0, next_attempt_at=self.clock())
                 return _Move(State.PENDING, fields, message="queued again (retry)")
         raise TypeError(f"unknown outcome {outcome!r}")
 
@@ -466,61 +354,14 @@ class Lifecycle:
             return
         if row.state == State.DONE:
             self._finished(row, "done")
-            self._dispose(inbox, row)
+            disposal.dispose(self.ledger, inbox, row)
         elif row.state == State.FAILED:
             self._finished(row, "failed")
-            self._move_failed(inbox, row)
+            disposal.move_failed(self.ledger, inbox, row)
 
     def _finished(self, row: Row, outcome: str) -> None:
         if self.on_finished is not None:
             self.on_finished(row.inbox, outcome)
-
-    def _dispose(self, inbox: InboxConfig, row: Row) -> None:
-        """Apply on_success (the result is durable by now) to the very file processed.
-        A file that changed since is kept (intake processes it again); a failure leaves
-        the source where it is, logged and shown in `status`."""
-        try:
-            done = outbox.dispose_source(inbox, row.relpath, _disk_identity(row))
-        except SourceChanged as exc:
-            log.info("%s: %s: kept: %s", inbox.name, row.relpath, exc)
-            return
-        except OSError as exc:
-            message = f"on_success {inbox.on_success} failed for {row.relpath}: {exc}"
-            log.error("%s: %s", inbox.name, message)
-            self.ledger.note_error(inbox.name, message)
-            return
-        self._remove_marker(inbox, row)
-        if done:
-            self.ledger.forget_source(row)
-
-    def _move_failed(self, inbox: InboxConfig, row: Row) -> None:
-        details = {
-            "path": str(inbox.path / row.relpath),
-            "reason": row.reason,
-            "job_id": row.job_id,
-            "attempts": row.attempts,
-        }
-        try:
-            moved = outbox.move_to_failed(inbox, row.relpath, details, _disk_identity(row))
-        except SourceChanged as exc:
-            log.info("%s: %s: left in the inbox: %s", inbox.name, row.relpath, exc)
-            return
-        except OSError as exc:
-            log.error("%s: %s: cannot move to failed_dir: %s", inbox.name, row.relpath, exc)
-            self.ledger.note_error(inbox.name, f"cannot move {row.relpath} to failed_dir: {exc}")
-            return
-        self._remove_marker(inbox, row)
-        if moved is not None:
-            self.ledger.forget_source(row, moved_to=str(moved))
-
-    def _remove_marker(self, inbox: InboxConfig, row: Row) -> None:
-        """With ready_marker, the file's NAME.ready goes once the file is finished."""
-        if not inbox.ready_marker:
-            return
-        marker = inbox.path / (row.relpath + ".ready")
-        with contextlib.suppress(FileNotFoundError):
-            if not marker.is_symlink() and marker.is_file():
-                marker.unlink()
 
     def internal_error(self, row: Row, exc: Exception) -> None:
         """A bug met while handling one file: fail that file with the error (so it ends
@@ -535,30 +376,6 @@ class Lifecycle:
         self.apply(
             current, Failed(f"internal error ({type(exc).__name__}: {exc}); please report it")
         )
-
-
-def identity_of(info: os.stat_result) -> dict[str, int]:
-    """What tells one version of a file from another, as the ledger stores it."""
-    return {
-        "size": info.st_size,
-        "mtime_ns": info.st_mtime_ns,
-        "dev": info.st_dev,
-        "inode": info.st_ino,
-        "ctime_ns": info.st_ctime_ns,
-    }
-
-
-def identity_of_open(identity: Sequence[int]) -> dict[str, int]:
-    """The same from an open file's (device, inode, size, mtime_ns, ctime_ns)."""
-    dev, inode, size, mtime_ns, ctime_ns = identity
-    return {"size": size, "mtime_ns": mtime_ns, "dev": dev, "inode": inode, "ctime_ns": ctime_ns}
-
-
-def _disk_identity(row: Row) -> tuple[int, int, int, int] | None:
-    """(device, inode, size, mtime) of the version processed, for disposal's check."""
-    if row.dev is None or row.inode is None or row.size is None or row.mtime_ns is None:
-        return None
-    return (row.dev, row.inode, row.size, row.mtime_ns)
 
 
 _NO_IDENTITY = {"size": None, "mtime_ns": None, "dev": None, "inode": None, "ctime_ns": None}

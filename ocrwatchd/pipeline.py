@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ocrwatchd.config import Config
 from ocrwatchd.engines.base import Engine, JobRef, Submission
-from ocrwatchd.fsafe import UnsafeSource, open_source
+from ocrwatchd.fsafe import UnsafeSource, identity_of_open, open_source
 from ocrwatchd.ledger import Ledger, Row, storage_trouble
 from ocrwatchd.lifecycle import (
     AccountRefused,
@@ -34,7 +34,6 @@ from ocrwatchd.lifecycle import (
     State,
     Submitted,
     Vanished,
-    identity_of_open,
 )
 from ocrwatchd.pacing import Wakeup, backoff_delay
 

@@ -13,8 +13,9 @@ from typing import Any
 
 from ocrwatchd.config import Config, InboxConfig, LocalConfig, MindeeConfig
 from ocrwatchd.engines.base import Engine, JobRef, Submission
+from ocrwatchd.fsafe import identity_of
 from ocrwatchd.ledger import Ledger, Row
-from ocrwatchd.lifecycle import Lifecycle, Outcome, RetryPolicy, State, Submitted, identity_of
+from ocrwatchd.lifecycle import Lifecycle, Outcome, RetryPolicy, State, Submitted
 from ocrwatchd.pipeline import Gate, Poller, Shared, Submitter
 
 START = 1_700_000_000.0  # an epoch well after 0, so "due at 0" rows are due
