@@ -273,6 +273,9 @@ class Daemon:
         self.stop.set()
         for event in self.loop_events:
             event.set()
+        self.events.put(("", "", SCAN_DIR))  # wakes intake (no inbox has that name)
+        if self.finisher is not None:
+            self.finisher.wake()
         for observer in self.observers.values():
             observer.stop()
         deadline = time.monotonic() + STOP_WITHIN

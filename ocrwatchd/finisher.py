@@ -44,12 +44,17 @@ class Finisher:
         self.ledger_path = ledger_path
         self.clock = clock
         self.on_finished = on_finished
-        self.ready: queue.Queue[tuple[int, int, bytes | None]] = queue.Queue()
+        self.ready: queue.Queue[tuple[int, int, bytes | None] | None] = queue.Queue()
         self.started = time.time()
 
     def notify(self, row: Row, body: bytes | None = None) -> None:
         """`row` (as fetched) has its result stored; `body` spares reading it back."""
         self.ready.put((row.id, row.generation, body))
+
+    def wake(self) -> None:
+        """Wake every writer (at a stop: they wait on the queue, not on the stop flag)."""
+        for _ in range(self.WRITERS):
+            self.ready.put(None)
 
     def threads(self) -> list[tuple[str, Callable[[threading.Event], None]]]:
         return [(f"finisher-{n}", self._loop_for(n == 0)) for n in range(self.WRITERS)]
@@ -75,16 +80,20 @@ class Finisher:
                     if sweeps and time.monotonic() >= next_sweep:
                         self.sweep(lifecycle)
                         next_sweep = time.monotonic() + SWEEP_EVERY
-                    self.step(lifecycle, timeout=SWEEP_EVERY if sweeps else 1.0)
+                    self.step(lifecycle, timeout=SWEEP_EVERY if sweeps else None)
         finally:
             ledger.close()
 
-    def step(self, lifecycle: Lifecycle, timeout: float) -> bool:
-        """Write one notified result (waiting up to `timeout`); whether there was one."""
+    def step(self, lifecycle: Lifecycle, timeout: float | None) -> bool:
+        """Write one notified result (waiting up to `timeout`, None: until one comes or
+        `wake`); whether there was one."""
         try:
-            file_id, generation, body = self.ready.get(timeout=timeout)
+            item = self.ready.get(timeout=timeout)
         except queue.Empty:
             return False
+        if item is None:
+            return False
+        file_id, generation, body = item
         row = lifecycle.ledger.get(file_id)
         if row is not None and row.state == State.FETCHED and row.generation == generation:
             self.finish(lifecycle, row, body)

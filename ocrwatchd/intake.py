@@ -104,7 +104,7 @@ class Intake:
     def step(self, timeout: float = TICK) -> None:
         """Handle the hints that arrive within `timeout`, then check settling files."""
         deadline = self.clock() + timeout
-        while True:
+        while not self.stop.is_set():
             remaining = deadline - self.clock()
             try:
                 inbox_name, path, hint = self.events.get(timeout=max(0.0, remaining))
@@ -288,6 +288,8 @@ class Intake:
     def settle(self) -> None:
         now = self.clock()
         for key, candidate in list(self.candidates.items()):
+            if self.stop.is_set():
+                return
             quiet = now - candidate.stable_since
             if quiet < candidate.inbox.settle_seconds:
                 continue

@@ -196,12 +196,22 @@ class Ledger:
         return self._rows(sql + " ORDER BY next_attempt_at, id LIMIT ?", [*params, limit])
 
     def next_due_at(
-        self, state: str, *, inboxes: Iterable[str], engine: str | None = None
+        self,
+        state: str,
+        *,
+        inboxes: Iterable[str],
+        engine: str | None = None,
+        share: tuple[int, int] = (0, 1),
     ) -> float | None:
-        """When the soonest row of these inboxes in `state` is due (None: no such row)."""
+        """When the soonest row of these inboxes in `state` (of this engine and share, as
+        `due`) is due; None when there is no such row."""
         placeholders, names = _in(inboxes)
-        sql = f"SELECT MIN(next_attempt_at) FROM files WHERE state = ? AND inbox IN {placeholders}"
-        params: list[Any] = [state, *names]
+        index, count = share
+        sql = (
+            f"SELECT MIN(next_attempt_at) FROM files WHERE state = ? AND inbox IN {placeholders}"
+            " AND id % ? = ?"
+        )
+        params: list[Any] = [state, *names, count, index]
         if engine is not None:
             sql += " AND engine = ?"
             params.append(engine)

@@ -261,7 +261,10 @@ class Poller(Loop):
             return wait
         return self._until(
             self.ledger.next_due_at(
-                State.PROCESSING, inboxes=self.shared.inboxes, engine=self.engine.name
+                State.PROCESSING,
+                inboxes=self.shared.inboxes,
+                engine=self.engine.name,
+                share=self.share,
             )
         )
 
