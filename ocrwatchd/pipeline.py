@@ -172,11 +172,13 @@ class Submitter(Loop):
             self.gate.release()
             self.lifecycle.internal_error(row, exc)
             return True
+        probing = not self.gate.proven
         self.lifecycle.apply(row, outcome)
         self.gate.note(outcome, self.ledger)
         if isinstance(outcome, Submitted):
             self.shared.poll_wake.notify()
-        self.shared.submit_wake.notify()  # the gate may have opened for the others
+        if probing:  # the gate may have opened for the others
+            self.shared.submit_wake.notify()
         return True
 
     def _submit(self, row: Row) -> Outcome:
