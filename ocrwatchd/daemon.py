@@ -145,7 +145,7 @@ class Daemon:
             self.config,
             self._lifecycle(ledger),
             self.events,
-            on_queued=self.shared.submit_wake.notify,
+            on_queued=self.shared.submit_wake.notify_one,
             modes=modes,
             stop=stop,
         )

@@ -83,6 +83,7 @@ class Wakeup:
 
     def __init__(self) -> None:
         self._events: list[threading.Event] = []
+        self._next = 0
 
     def subscribe(self, event: threading.Event | None = None) -> threading.Event:
         event = event or threading.Event()
@@ -92,3 +93,10 @@ class Wakeup:
     def notify(self) -> None:
         for event in self._events:
             event.set()
+
+    def notify_one(self) -> None:
+        """Wake one loop (in turn): for one unit of new work, so that several loops do
+        not all race for it."""
+        if self._events:
+            self._next = (self._next + 1) % len(self._events)
+            self._events[self._next].set()

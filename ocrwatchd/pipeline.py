@@ -250,12 +250,12 @@ class Poller(Loop):
                 outcome = self.engine.poll(JobRef(row.job_id, row.enqueued_at))
         except Exception as exc:
             self.lifecycle.internal_error(row, exc)
-            self.shared.submit_wake.notify()
+            self.shared.submit_wake.notify_one()
             return
         self.lifecycle.apply(row, outcome)
         self.gate.note(outcome, self.ledger)
         if not isinstance(outcome, Running | PollTrouble):
-            self.shared.submit_wake.notify()
+            self.shared.submit_wake.notify_one()  # a slot is free
 
     def rest(self) -> float:
         wait = self.gate.wait(submitting=False)
