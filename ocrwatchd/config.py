@@ -149,6 +149,7 @@ class Config:
     webhook: WebhookConfig | None
     inboxes: tuple[InboxConfig, ...]
     reconcile_interval: float = 60
+    forget_after: float = 2592000  # 30 days
     metrics: MetricsConfig = MetricsConfig()
     # key path ("inboxes[0].path") -> (line, column), 1-based, for messages about values
     marks: Mapping[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
@@ -265,6 +266,7 @@ def _resolve(
         webhook=webhook,
         inboxes=tuple(InboxConfig(**inbox) for inbox in inboxes),
         reconcile_interval=values.get("reconcile_interval", 60),
+        forget_after=values.get("forget_after", 2592000),
         metrics=MetricsConfig(**values.get("metrics", {})),
         marks=dict(ctx.marks),
     )

@@ -522,6 +522,7 @@ TOP = Section(
         "engine": Field(choice("mindee", "local"), nullable=True),
         "log_level": Field(choice("debug", "info", "warning", "error")),
         "reconcile_interval": Field(seconds()),
+        "forget_after": Field(seconds()),
         "mindee": Field(section(MINDEE), nullable=True),
         "local": Field(section(LOCAL), nullable=True),
         "webhook": Field(section(WEBHOOK), nullable=True),
