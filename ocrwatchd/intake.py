@@ -59,7 +59,7 @@ UNREADABLE_RETRY = 3.0  # seconds before a file that could not be read is tried 
 T = TypeVar("T")
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a million files may settle at once
 class Candidate:
     """A file waiting to settle."""
 

@@ -93,7 +93,7 @@ def folder_of(relpath: str) -> str:
     return relpath[: relpath.rfind("/") + 1]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a scan may hold a million of them
 class Row:
     """One ledger row, as read."""
 
