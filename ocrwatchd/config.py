@@ -144,6 +144,7 @@ class Config:
     webhook: WebhookConfig | None
     inboxes: tuple[InboxConfig, ...]
     reconcile_interval: float = _TOP["reconcile_interval"]
+    forget_after: float = _TOP["forget_after"]
     metrics: MetricsConfig = MetricsConfig()
     # key path ("inboxes[0].path") -> (line, column), 1-based, for messages about values
     marks: Mapping[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
@@ -225,6 +226,7 @@ def _resolve(
         webhook=webhook,
         inboxes=tuple(InboxConfig(**inbox) for inbox in inboxes),
         reconcile_interval=values.get("reconcile_interval", _TOP["reconcile_interval"]),
+        forget_after=values.get("forget_after", _TOP["forget_after"]),
         metrics=MetricsConfig(**values.get("metrics", {})),
         marks=dict(ctx.marks),
     )

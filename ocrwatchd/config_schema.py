@@ -334,6 +334,9 @@ TOP = Section(
         ),
         "log_level": F(choice("debug", "info", "warning", "error"), "info", "log level"),
         "reconcile_interval": F(seconds(), 60, "seconds between full rescans of every inbox"),
+        "forget_after": F(
+            seconds(), 2_592_000, "seconds before rows of files that are gone are forgotten"
+        ),
         "mindee": F(section(MINDEE), doc="the Mindee API engine", nullable=True),
         "local": F(section(LOCAL), doc="the embedded engine", nullable=True),
         "webhook": F(section(WEBHOOK), doc="the optional webhook receiver", nullable=True),

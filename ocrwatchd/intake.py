@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from ocrwatchd import filetypes, outbox
+from ocrwatchd import filetypes, outbox, reconcile
 from ocrwatchd.config import Config, InboxConfig
 from ocrwatchd.errors import FileRejected
 from ocrwatchd.fsafe import OpenSource, UnsafeSource, identity_of, identity_of_open, open_source
@@ -43,7 +44,6 @@ from ocrwatchd.watcher import (
     SCANNED,
     Event,
     unsafe_reason,
-    walk,
 )
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,10 @@ TICK = 0.1  # seconds between settle checks; small next to any sensible settle_s
 QUIET_FALLBACK = 60.0
 REST = 5.0  # seconds to wait for hints when nothing settles (the watchers wake it)
 UNREADABLE_RETRY = 3.0  # seconds before a file that could not be read is tried again
+T = TypeVar("T")
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a million files may settle at once
 class Candidate:
     """A file waiting to settle."""
 
@@ -115,55 +116,25 @@ class Intake:
                 self._guarded(self.handle, inbox, Path(path), hint)
         self.settle()
 
-    def _guarded(self, action: Callable[..., None], inbox: InboxConfig, *args: object) -> None:
+    def _guarded(self, action: Callable[..., T], inbox: InboxConfig, *args: object) -> T | None:
         """Run one file's step; a bug there is logged and the file left for the next scan,
         instead of killing intake. Ledger errors go up to the loop's storage_trouble."""
         try:
-            action(inbox, *args)
+            return action(inbox, *args)
         except sqlite3.Error:
             raise
         except Exception:
             log.exception(
                 "%s: internal error on %s; the next scan will try again", inbox.name, args
             )
+            return None
 
     # -- scans ---------------------------------------------------------------------
 
     def scan(self, inbox: InboxConfig, top: Path | None = None) -> bool:
         """Look at every file of the inbox (or below `top`); returns the inbox's
-        availability. A full scan also notices files removed before they were queued."""
-        available = self.presence.check(inbox)
-        self._set_available(inbox, available)
-        if not available:
-            return False
-        seen: set[str] = set()
-        known = self.ledger.inbox_rows(inbox.name)
-        try:
-            for entry in walk(inbox, top):
-                if self.stop.is_set():
-                    return True
-                seen.add(entry.relpath)
-                if not self._unchanged(known.get(entry.relpath), entry.path):
-                    self._guarded(self.handle, inbox, entry.path, SCANNED)
-        except OSError as exc:
-            log.warning("inbox %s: scan failed: %s", inbox.name, exc)
-            self._set_available(inbox, False)
-            return False
-        if top is None:
-            self._forget_missing(inbox, seen)
-        return True
-
-    @staticmethod
-    def _unchanged(row: Row | None, path: Path) -> bool:
-        """A row whose file is still the same version: nothing to do (so a rescan of a
-        large inbox costs a stat per file, not a ledger write)."""
-        if row is None or row.state == State.SETTLING or row.size is None:
-            return False
-        try:
-            info = path.stat()
-        except OSError:
-            return False
-        return row.same_identity(identity_of(info))
+        availability (see `ocrwatchd.reconcile.scan`)."""
+        return reconcile.scan(self, inbox, top)
 
     def scan_all(self) -> None:
         for inbox in self.config.inboxes:
@@ -187,11 +158,6 @@ class Intake:
             inbox.name, path=str(inbox.path), watch=self.modes[inbox.name], available=available
         )
 
-    def _forget_missing(self, inbox: InboxConfig, seen: set[str]) -> None:
-        for row in self.ledger.rows(states=(State.SETTLING, State.PENDING), inbox=inbox.name):
-            if row.relpath not in seen:
-                self._vanished(inbox, row)
-
     def _vanished(self, inbox: InboxConfig, row: Row) -> None:
         """A file seems gone: believed only while its inbox is there (a share that went
         away keeps its files' rows as they are, and its settling files settling)."""
@@ -205,10 +171,21 @@ class Intake:
 
     def handle(self, inbox: InboxConfig, path: Path, hint: str) -> None:
         """Apply one hint about `path` (absolute, inside `inbox`)."""
+        checked = self._inspect(inbox, path, hint)
+        if checked is not None:
+            relpath, info = checked
+            row, _ = self.lifecycle.observe(inbox.name, relpath, identity_of(info))
+            self._track(inbox, row, info, hint)
+
+    def _inspect(
+        self, inbox: InboxConfig, path: Path, hint: str
+    ) -> tuple[str, os.stat_result] | None:
+        """Rules and safety for one path: (relpath, stat) of a file to observe, or None
+        when the hint was dealt with here (skipped, ignored, gone, a folder to scan)."""
         try:
             relpath = path.relative_to(inbox.path).as_posix()
         except ValueError:
-            return
+            return None
         try:
             relpath.encode("utf-8")
         except UnicodeEncodeError:
@@ -218,20 +195,20 @@ class Intake:
                 self.lifecycle.ignore(
                     inbox.name, shown, "the file name is not valid UTF-8; rename it"
                 )
-            return
+            return None
         if hint == SCAN_DIR:
             if path.is_dir() and not path.is_symlink():
                 self.scan(inbox, path)
-            return
+            return None
         marked = marked_file(relpath) if inbox.ready_marker else None
         if marked is not None and hint != GONE:  # NAME.ready: NAME may be ready now
             self.handle(inbox, inbox.path / marked, SCANNED)
-            return
+            return None
         skip = skip_reason(inbox, relpath)
         if skip is not None:
             if skip.record and hint != GONE:
                 self.lifecycle.ignore(inbox.name, relpath, skip.reason)
-            return
+            return None
         key = (inbox.name, relpath)
         try:
             unsafe = unsafe_reason(path)
@@ -242,15 +219,19 @@ class Intake:
                 self._vanished(inbox, row)
             elif self.presence.believed(inbox):
                 self.candidates.pop(key, None)
-            return
+            return None
         except OSError as exc:
             log.warning("%s: cannot stat %s: %s", inbox.name, relpath, exc)
-            return
+            return None
         if unsafe is not None or info is None:
             self.candidates.pop(key, None)
             self.lifecycle.ignore(inbox.name, relpath, unsafe or "unreadable")
-            return
-        row, _ = self.lifecycle.observe(inbox.name, relpath, identity_of(info))
+            return None
+        return relpath, info
+
+    def _track(self, inbox: InboxConfig, row: Row, info: os.stat_result, hint: str) -> None:
+        """Follow a settling file until it has kept its size and mtime long enough."""
+        key = (inbox.name, row.relpath)
         if row.state != State.SETTLING:
             self.candidates.pop(key, None)
             return
@@ -271,7 +252,7 @@ class Intake:
             self.candidates[key] = Candidate(
                 inbox, row, info.st_size, info.st_mtime_ns, self.clock(), complete
             )
-            log.debug("%s: %s settling", inbox.name, relpath)
+            log.debug("%s: %s settling", inbox.name, row.relpath)
             return
         candidate.row = row
         changed = (candidate.size, candidate.mtime_ns) != (info.st_size, info.st_mtime_ns)

@@ -28,6 +28,7 @@ from typing import Any
 import sqlite_utils
 
 from ocrwatchd.errors import StateError
+from ocrwatchd.ledger_scan import FolderQueries, _in
 from ocrwatchd.ledger_schema import FIELDS, MIGRATIONS, ROW_COLUMNS, Row
 from ocrwatchd.lifecycle import PUBLIC_STATES, WAITING, State
 
@@ -64,13 +65,7 @@ def storage_trouble(stop: threading.Event, who: str) -> Iterator[None]:
         stop.wait(STORAGE_RETRY_SECONDS)
 
 
-def _in(values: Iterable[Any]) -> tuple[str, list[Any]]:
-    """An `IN (...)` list of placeholders and its parameters."""
-    items = list(values)
-    return "(" + ", ".join("?" for _ in items) + ")", items
-
-
-class Ledger:
+class Ledger(FolderQueries):
     """A connection to the ledger file. Not shared between threads."""
 
     def __init__(self, path: Path, *, clock: Any = time.time) -> None:
@@ -152,9 +147,6 @@ class Ledger:
             sql += " AND inbox = ?"
             params.append(inbox)
         return self._rows(sql + " ORDER BY inbox, relpath", params)
-
-    def inbox_rows(self, inbox: str) -> dict[str, Row]:
-        return {row.relpath: row for row in self.rows(inbox=inbox)}
 
     def rows_with_jobs(self, job_ids: Iterable[str]) -> list[Row]:
         """The rows following these job ids (a webhook or an engine had news of them)."""
@@ -291,20 +283,6 @@ class Ledger:
         return changed
 
     # -- writing -------------------------------------------------------------------
-
-    def insert(self, inbox: str, relpath: str, state: str, **fields: Any) -> Row | None:
-        """Create the row of a path never seen; None when it exists already."""
-        now = self._clock()
-        values = {"state": state, "created_at": now, "updated_at": now, **fields}
-        names = ", ".join(values)
-        placeholders = ", ".join("?" for _ in values)
-        cursor = self.db.execute(
-            f"INSERT INTO files (inbox, relpath, {names}) VALUES (?, ?, {placeholders})"
-            f" ON CONFLICT (inbox, relpath) DO NOTHING RETURNING {ROW_COLUMNS}",
-            [inbox, relpath, *values.values()],
-        )
-        values_row = cursor.fetchone()
-        return None if values_row is None else Row(*values_row)
 
     def move(
         self, row: Row, to_state: str, *, new_generation: bool = False, **fields: Any

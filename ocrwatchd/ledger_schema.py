@@ -77,7 +77,23 @@ def m002_identity(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX files_job ON files (job_id)")
 
 
-@dataclass(frozen=True)
+@MIGRATIONS()
+def m003_folder(db: sqlite_utils.Database) -> None:
+    """Each row's folder (its relpath up to the last "/", "" at the top), indexed, so a
+    scan reads the rows of one folder at a time instead of the whole inbox."""
+    db.execute("ALTER TABLE files ADD COLUMN folder TEXT")
+    # rtrim strips every character of the name but "/" from the right: what is left is
+    # the folder with its trailing "/".
+    db.execute("UPDATE files SET folder = rtrim(relpath, replace(relpath, '/', ''))")
+    db.execute("CREATE INDEX files_folder ON files (inbox, folder)")
+
+
+def folder_of(relpath: str) -> str:
+    """The folder part of a relpath, as the ledger stores it: "a/b/" or "" at the top."""
+    return relpath[: relpath.rfind("/") + 1]
+
+
+@dataclass(frozen=True, slots=True)  # slots: a scan may hold a million of them
 class Row:
     """One ledger row, as read."""
 

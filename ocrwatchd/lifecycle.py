@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -193,6 +193,20 @@ class Lifecycle:
         fields = _fresh(identity, self.clock())
         moved = self.ledger.move(row, State.SETTLING, new_generation=True, **fields)
         return (moved or self.ledger.find(inbox, relpath) or row), moved is not None
+
+    def observe_new(self, inbox: str, files: Sequence[tuple[str, Mapping[str, int]]]) -> list[Row]:
+        """`observe` for many paths a scan found without a row, inserted in batched
+        transactions (a scan of 100,000 new files is not 100,000 commits). Returns their
+        rows; a path another writer inserted meanwhile is observed on its own."""
+        rows = self.ledger.insert_many(inbox, State.SETTLING, files)
+        if len(rows) < len(files):
+            created = {row.relpath for row in rows}
+            rows += [
+                self.observe(inbox, relpath, identity)[0]
+                for relpath, identity in files
+                if relpath not in created
+            ]
+        return rows
 
     def ignore(self, inbox: str, relpath: str, reason: str) -> None:
         """The path holds something never to process (a rule, an unsafe kind of file)."""

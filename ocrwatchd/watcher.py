@@ -248,30 +248,57 @@ class Entry:
     relpath: str
 
 
-def walk(inbox: InboxConfig, top: Path | None = None) -> Iterator[Entry]:
-    """Every non-directory below `top` (default: the inbox), without following directory
-    symlinks and without entering junk folders. Raises OSError when `top` cannot be
-    listed; unreadable subfolders are logged and skipped."""
-    root = inbox.path
-    stack = [top or root]
+@dataclass(frozen=True)
+class Folder:
+    """One folder listed by a scan: its path, its relpath prefix ("" at the top of the
+    inbox, else "a/b/") and the names of its non-directories (None when it could not be
+    listed: what it holds is unknown this scan, not gone)."""
+
+    path: str
+    prefix: str
+    names: list[str] | None
+
+
+def walk_folders(inbox: InboxConfig, top: Path | None = None) -> Iterator[Folder]:
+    """Every folder below `top` (default: the inbox) with its files, one folder at a
+    time, without following directory symlinks and without entering junk folders.
+    Raises OSError when `top` cannot be listed; unreadable subfolders are logged and
+    yielded with `names` None."""
+    root = os.fspath(inbox.path)
+    start = os.fspath(top or inbox.path)
+    prefix = os.path.relpath(start, root)
+    stack = [(start, "" if prefix == "." else prefix + "/")]
     first = True
     while stack:
-        directory = stack.pop()
+        directory, prefix = stack.pop()
         try:
-            entries = list(os.scandir(directory))
+            with os.scandir(directory) as listing:
+                entries = list(listing)
         except OSError:
             if first:
                 raise
             log.warning("cannot list %s; skipping it this scan", directory)
+            yield Folder(directory, prefix, None)
             continue
         first = False
+        names = []
         for entry in entries:
+            # d_type from the listing: no system call per file.
             if entry.is_dir(follow_symlinks=False):
                 if not skips_directory(inbox, entry.name):
-                    stack.append(Path(entry.path))
-                continue
-            path = Path(entry.path)
-            yield Entry(path, path.relative_to(root).as_posix())
+                    stack.append((entry.path, prefix + entry.name + "/"))
+            else:
+                names.append(entry.name)
+        yield Folder(directory, prefix, names)
+
+
+def walk(inbox: InboxConfig, top: Path | None = None) -> Iterator[Entry]:
+    """Every non-directory below `top` (default: the inbox), as `walk_folders` finds
+    them (unreadable subfolders skipped)."""
+    for folder in walk_folders(inbox, top):
+        for name in folder.names or ():
+            path = Path(folder.path, name)
+            yield Entry(path, folder.prefix + name)
 
 
 def unsafe_reason(path: Path) -> str | None:

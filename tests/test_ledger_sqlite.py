@@ -39,7 +39,7 @@ def test_sqlite_migrations_are_applied_once(tmp_path):
         ).fetchall()
     finally:
         conn.close()
-    assert [name for (name,) in names] == ["m001_files", "m002_identity"]
+    assert [name for (name,) in names] == ["m001_files", "m002_identity", "m003_folder"]
 
 
 def test_sqlite_ledger_files_are_private_even_under_umask_022(tmp_path):
