@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import sqlite_utils
-
-from ocrwatchd.lifecycle import State
 
 MIGRATIONS = sqlite_utils.Migrations("ocrwatchd")
 
@@ -123,6 +122,8 @@ class Row:
 
     @property
     def public_state(self) -> str:
+        from ocrwatchd.lifecycle import State  # the lifecycle uses this module's rows
+
         return State(self.state).public
 
     def same_identity(self, identity: Mapping[str, int | None]) -> bool:
@@ -142,3 +143,25 @@ class Row:
 
 ROW_COLUMNS = ", ".join(Row.__dataclass_fields__)
 FIELDS = frozenset(Row.__dataclass_fields__) - {"id", "inbox", "relpath", "state"}
+
+
+_NO_IDENTITY = {"size": None, "mtime_ns": None, "dev": None, "inode": None, "ctime_ns": None}
+
+
+def fresh_version(identity: Mapping[str, int | None], now: float) -> dict[str, Any]:
+    """The fields of a new version of a file: its identity, nothing of the old one's work."""
+    return {
+        **_NO_IDENTITY,
+        **identity,
+        "sha256": None,
+        "reason": None,
+        "job_id": None,
+        "attempts": 0,
+        "write_attempts": 0,
+        "next_attempt_at": 0,
+        "enqueued_at": None,
+        "last_error": None,
+        "duplicate_of": None,
+        "result_path": None,
+        "created_at": now,
+    }

@@ -29,6 +29,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 from ocrwatchd import disposal
+from ocrwatchd.ledger_schema import fresh_version
 from ocrwatchd.outcomes import (
     AccountRefused,
     Duplicate,
@@ -40,6 +41,7 @@ from ocrwatchd.outcomes import (
     Requeued,
     Result,
     RetryLater,
+    RetryPolicy,
     Running,
     Settled,
     Submitted,
@@ -104,16 +106,6 @@ POLL_BACKOFF_CAP = 30.0  # a job is never left unpolled for long after a few err
 
 class IllegalTransition(Exception):
     """A bug: an outcome asked for a move the table does not allow."""
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How an engine's submissions are retried: `max_attempts` submissions of one file,
-    then it fails; backoff between them starts at `base` seconds, at most `cap`."""
-
-    max_attempts: int = 5
-    base: float = 2.0
-    cap: float = 600.0
 
 
 # The states an outcome can be reported for (the others' are in TRANSITIONS alone).
@@ -190,7 +182,7 @@ class Lifecycle:
             assert row is not None
         if row.state != State.IGNORED and row.same_identity(identity):
             return row, False
-        fields = _fresh(identity, self.clock())
+        fields = fresh_version(identity, self.clock())
         moved = self.ledger.move(row, State.SETTLING, new_generation=True, **fields)
         return (moved or self.ledger.find(inbox, relpath) or row), moved is not None
 
@@ -219,7 +211,7 @@ class Lifecycle:
             row.state == State.IGNORED and row.reason == reason
         ):
             return
-        fields = {**_fresh(_NO_IDENTITY, self.clock()), "reason": reason}
+        fields = {**fresh_version({}, self.clock()), "reason": reason}
         self.ledger.move(row, State.IGNORED, new_generation=True, **fields)
 
     # -- the one function that moves a row --------------------------------------------
@@ -390,28 +382,6 @@ class Lifecycle:
         self.apply(
             current, Failed(f"internal error ({type(exc).__name__}: {exc}); please report it")
         )
-
-
-_NO_IDENTITY = {"size": None, "mtime_ns": None, "dev": None, "inode": None, "ctime_ns": None}
-
-
-def _fresh(identity: Mapping[str, int | None], now: float) -> dict[str, Any]:
-    """The fields of a new version of a file: its identity, nothing of the old one's work."""
-    return {
-        **_NO_IDENTITY,
-        **identity,
-        "sha256": None,
-        "reason": None,
-        "job_id": None,
-        "attempts": 0,
-        "write_attempts": 0,
-        "next_attempt_at": 0,
-        "enqueued_at": None,
-        "last_error": None,
-        "duplicate_of": None,
-        "result_path": None,
-        "created_at": now,
-    }
 
 
 def _log_fields(fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -125,3 +125,13 @@ class WriteTrouble(Outcome):
 @dataclass(frozen=True)
 class Requeued(Outcome):
     """An operator asked for a failed file to be tried again."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How an engine's submissions are retried: `max_attempts` submissions of one file,
+    then it fails; backoff between them starts at `base` seconds, at most `cap`."""
+
+    max_attempts: int = 5
+    base: float = 2.0
+    cap: float = 600.0
