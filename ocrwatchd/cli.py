@@ -252,11 +252,11 @@ def dispatch(args: argparse.Namespace) -> int:
             print(report.format_jobs(rows))
         return ExitCode.OK
     if args.command == "retry":
-        count, unknown = report.retry(config, args.paths)
-        for name in unknown:
-            print(f"{name}: not a failed file in the ledger", file=sys.stderr)
+        count, problems = report.retry(config, args.paths)
+        for problem in problems:
+            print(problem, file=sys.stderr)
         print(f"{count} file(s) queued again")
-        return ExitCode.FAILURES if unknown else ExitCode.OK
+        return ExitCode.FAILURES if problems else ExitCode.OK
     if args.command == "explain":
         explanation = report.explain(config, args.path)
         if args.json:
