@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ocrwatchd import outbox, statelock
+from ocrwatchd import handover, outbox, statelock
 from ocrwatchd.config import Config, InboxConfig
 from ocrwatchd.fsafe import UnsafeSource, open_source
 from ocrwatchd.ledger import Ledger, Row
@@ -93,8 +93,10 @@ def status(config: Config) -> dict[str, Any]:
     counts: dict[str, dict[str, int]] = {}
     oldest: dict[str, float] = {}
     info: dict[str, dict[str, Any]] = {}
+    others: dict[str, int] = {}
     if ledger is not None:
         try:
+            others = handover.in_flight(ledger, config.engine)
             counts = ledger.counts_by_inbox()
             oldest = ledger.oldest_waiting()
             info = ledger.inbox_info()
@@ -133,6 +135,7 @@ def status(config: Config) -> dict[str, Any]:
         "daemon": statelock.read_daemon(config.state_dir),
         "inboxes": inboxes,
         "totals": totals,
+        "other_engines": handover.waiting(config, others),
     }
 
 
@@ -150,6 +153,7 @@ def format_status(report: dict[str, Any]) -> str:
     lines = [
         _daemon_line(report["daemon"]),
         f"engine: {report['engine']}   ledger: {report['state_dir']}/ledger.db",
+        *report["other_engines"],
     ]
     for inbox in report["inboxes"]:
         counts = ", ".join(
