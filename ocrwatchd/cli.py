@@ -139,11 +139,11 @@ def _run(path: Path, config: Config, *, once: bool) -> int:
         raise ConfigError(fatal)
     # Before the ledger is opened or anything recovered: a second daemon changes nothing.
     # Held across SIGHUP reloads (the state directory cannot change without a restart).
-    with statelock.acquire(config.state_dir, engine=config.engine):
-        return _run_locked(path, config, once=once)
+    with statelock.acquire(config.state_dir, engine=config.engine) as lock:
+        return _run_locked(path, config, once=once, lock=lock)
 
 
-def _run_locked(path: Path, config: Config, *, once: bool) -> int:
+def _run_locked(path: Path, config: Config, *, once: bool, lock: statelock.DaemonLock) -> int:
     from ocrwatchd.daemon import Daemon, serve
     from ocrwatchd.progress import ProgressBar, bar_safe_logging, summary
 
@@ -154,7 +154,7 @@ def _run_locked(path: Path, config: Config, *, once: bool) -> int:
     if config.webhook is not None:
         log.warning("the webhook receiver is not implemented yet; results are fetched by polling")
     if not once:
-        return serve(path, config)
+        return serve(path, config, on_config=lambda new: lock.set_engine(new.engine))
     terminal = sys.stderr.isatty()
     if terminal and logging.getLogger().level > logging.DEBUG:
         # The bar replaces the per-file info lines; warnings and errors still show.
@@ -252,11 +252,11 @@ def dispatch(args: argparse.Namespace) -> int:
             print(report.format_jobs(rows))
         return ExitCode.OK
     if args.command == "retry":
-        count, unknown = report.retry(config, args.paths)
-        for name in unknown:
-            print(f"{name}: not a failed file in the ledger", file=sys.stderr)
+        count, problems = report.retry(config, args.paths)
+        for problem in problems:
+            print(problem, file=sys.stderr)
         print(f"{count} file(s) queued again")
-        return ExitCode.FAILURES if unknown else ExitCode.OK
+        return ExitCode.FAILURES if problems else ExitCode.OK
     if args.command == "explain":
         explanation = report.explain(config, args.path)
         if args.json:

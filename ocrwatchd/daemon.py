@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING
 
 from ocrwatchd import engines, metrics, service
 from ocrwatchd.config import Config, load_config
+from ocrwatchd.engine_threads import EngineThreads
 from ocrwatchd.errors import ConfigError, ExitCode, StateError
 from ocrwatchd.finisher import Finisher
+from ocrwatchd.handover import recover
 from ocrwatchd.intake import Intake
 from ocrwatchd.ledger import Ledger, storage_trouble
-from ocrwatchd.lifecycle import WAITING, Interrupted, Lifecycle, State
-from ocrwatchd.pipeline import Poller, Shared, Submitter, run_loop
+from ocrwatchd.lifecycle import WAITING, State
+from ocrwatchd.pipeline import Shared
 from ocrwatchd.watcher import SCAN_DIR, Event, start_observer, watch_mode, watching
 
 if TYPE_CHECKING:
@@ -53,7 +55,7 @@ class Flags:
     signals: list[int] = field(default_factory=list)
 
 
-class Daemon:
+class Daemon(EngineThreads):
     """One configuration's worth of threads. `run()` returns an exit code."""
 
     def __init__(
@@ -79,6 +81,8 @@ class Daemon:
         self.modes: dict[str, str] = {}
         self.engine: Engine | None = None
         self.shared: Shared | None = None
+        # Engines the config no longer names, kept to follow their jobs in flight.
+        self.old_engines: list[Shared] = []
         self.finisher: Finisher | None = None
         self.metrics: Metrics | None = None
         self.observers: dict[str, BaseObserver] = {}
@@ -123,16 +127,6 @@ class Daemon:
         self.threads.append(thread)
         thread.start()
 
-    def _lifecycle(self, ledger: Ledger, finisher: Finisher | None = None) -> Lifecycle:
-        assert self.engine is not None
-        return Lifecycle(
-            ledger,
-            {inbox.name: inbox for inbox in self.config.inboxes},
-            policy=self.engine.policy,
-            on_result=finisher.notify if finisher else None,
-            on_finished=self._on_finished,
-        )
-
     def _on_finished(self, inbox: str, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.file_finished(inbox, outcome)
@@ -150,7 +144,8 @@ class Daemon:
             stop=stop,
         )
         self.intake = intake
-        self.shared.available = intake.available
+        for shared in (self.shared, *self.old_engines):
+            shared.available = intake.available
         try:
             intake.scan_all()
             self.scanned.set()
@@ -165,54 +160,6 @@ class Daemon:
                         next_scan = time.monotonic() + self.config.reconcile_interval
         finally:
             ledger.close()
-
-    def _loop_thread(
-        self, make: Callable[[Lifecycle], Submitter | Poller], *wakeups: object
-    ) -> Callable[[threading.Event], None]:
-        event = threading.Event()
-        self.loop_events.append(event)
-        for wakeup in wakeups:
-            wakeup.subscribe(event)  # type: ignore[attr-defined]
-
-        def target(stop: threading.Event) -> None:
-            ledger = Ledger(self.ledger_path)
-            try:
-                loop = make(self._lifecycle(ledger, self.finisher))
-                run_loop(type(loop).__name__.lower(), loop.step, loop.rest, event, stop)
-            finally:
-                ledger.close()
-
-        return target
-
-    def _engine_threads(self) -> list[tuple[str, Callable[[threading.Event], None]]]:
-        """A submitter and a poller loop per engine thread: submissions and polls of
-        the API wait on the network, so the Mindee engine gets several of each."""
-        shared = self.shared
-        assert shared is not None and self.engine is not None
-        remote = self.engine.name == "mindee"
-        submitters = max(1, min(4 if remote else 1, self.engine.capacity))
-        pollers = 2 if remote else 1
-        threads = [
-            (
-                f"submitter-{n}",
-                self._loop_thread(lambda lc: Submitter(shared, lc), shared.submit_wake),
-            )
-            for n in range(submitters)
-        ]
-        for index in range(pollers):
-            threads.append(
-                (
-                    f"poller-{index}",
-                    self._loop_thread(
-                        lambda lc, i=index: Poller(shared, lc, (i, pollers)),  # type: ignore[misc]
-                        shared.poll_wake,
-                        self.engine.news,
-                    ),
-                )
-            )
-        return threads
-
-    # -- running -------------------------------------------------------------------
 
     def run(self) -> int:
         """Run until stopped (or, with once, until every file is done or failed)."""
@@ -247,8 +194,9 @@ class Daemon:
             finisher = self.finisher = Finisher(
                 config, self.ledger_path, on_finished=self._on_finished
             )
+            old = self._old_engine_threads(ledger)  # before intake: it tells them its inboxes
             self._spawn("intake", self._intake_loop)
-            for name, target in [*finisher.threads(), *self._engine_threads()]:
+            for name, target in [*finisher.threads(), *self._engine_threads(), *old]:
                 self._spawn(name, target)
             service.notify("READY=1")
             log.info(
@@ -281,6 +229,8 @@ class Daemon:
         deadline = time.monotonic() + STOP_WITHIN
         if self.engine is not None:
             self.engine.close()
+        for old in self.old_engines:
+            old.engine.close()
         for observer in self.observers.values():
             observer.join(timeout=max(0.0, deadline - time.monotonic()))
         for thread in self.threads:
@@ -412,28 +362,11 @@ class Daemon:
         return False
 
 
-def recover(lifecycle: Lifecycle, engine: Engine) -> int:
-    """Put work cut short by a stop or a crash back in the queue; returns how many rows.
-
-    A submission cut short is made again (the one upload that may repeat). A job keeps
-    being followed when its engine's job ids survive a restart and it is still that
-    engine's; otherwise the file is submitted again.
-    """
-    moved = 0
-    for row in lifecycle.ledger.rows(states=(State.UPLOADING, State.PROCESSING)):
-        resumable = (
-            row.state == State.PROCESSING
-            and row.job_id is not None
-            and row.engine == engine.name
-            and engine.durable_jobs
-        )
-        if not resumable and lifecycle.apply(row, Interrupted()):
-            moved += 1
-    return moved
-
-
-def serve(config_path: Path, config: Config) -> int:
-    """`ocrwatchd run`: run, reloading the config on SIGHUP, until SIGTERM/SIGINT."""
+def serve(
+    config_path: Path, config: Config, on_config: Callable[[Config], None] | None = None
+) -> int:
+    """`ocrwatchd run`: run, reloading the config on SIGHUP, until SIGTERM/SIGINT.
+    `on_config` is told of each config reloaded (the state lock records its engine)."""
     while True:
         daemon = Daemon(config)
         daemon.install_signal_handlers()
@@ -443,6 +376,8 @@ def serve(config_path: Path, config: Config) -> int:
         try:
             config = load_config(config_path)
             log.info("config reloaded from %s", config_path)
+            if on_config is not None:
+                on_config(config)
         except ConfigError as exc:
             log.error("config reload failed; keeping the old config:\n%s", exc)
         service.setup_logging(config.log_level)

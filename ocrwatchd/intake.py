@@ -33,6 +33,7 @@ from ocrwatchd.lifecycle import (
     State,
     Vanished,
 )
+from ocrwatchd.notes import Notes
 from ocrwatchd.presence import Presence
 from ocrwatchd.rules import marked_file, ready_marker_of, skip_reason
 from ocrwatchd.watcher import (
@@ -95,6 +96,9 @@ class Intake:
         self.candidates: dict[tuple[str, str], Candidate] = {}
         self.presence = Presence(list(config.inboxes), clock=clock)
         self.available: dict[str, bool] = {}
+        self.ignored = Notes(
+            log, "%s: … and %d more files ignored by its include/exclude rules", clock=clock
+        )
 
     # -- the loop ------------------------------------------------------------------
 
@@ -115,6 +119,7 @@ class Intake:
             if inbox is not None:
                 self._guarded(self.handle, inbox, Path(path), hint)
         self.settle()
+        self.ignored.flush()
 
     def _guarded(self, action: Callable[..., T], inbox: InboxConfig, *args: object) -> T | None:
         """Run one file's step; a bug there is logged and the file left for the next scan,
@@ -206,8 +211,11 @@ class Intake:
             return None
         skip = skip_reason(inbox, relpath)
         if skip is not None:
-            if skip.record and hint != GONE:
-                self.lifecycle.ignore(inbox.name, relpath, skip.reason)
+            recorded = skip.record and hint != GONE
+            if recorded and self.lifecycle.ignore(inbox.name, relpath, skip.reason):
+                self.ignored.note(
+                    inbox.name, "%s: %s ignored: %s", inbox.name, relpath, skip.reason
+                )
             return None
         key = (inbox.name, relpath)
         try:

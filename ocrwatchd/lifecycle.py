@@ -200,19 +200,20 @@ class Lifecycle:
             ]
         return rows
 
-    def ignore(self, inbox: str, relpath: str, reason: str) -> None:
-        """The path holds something never to process (a rule, an unsafe kind of file)."""
+    def ignore(self, inbox: str, relpath: str, reason: str) -> bool:
+        """The path holds something never to process (a rule, an unsafe kind of file).
+        Returns whether that is news (the row was not ignored for this reason already)."""
         row = self.ledger.find(inbox, relpath)
         if row is None:
             if self.ledger.insert(inbox, relpath, State.IGNORED, reason=reason) is None:
-                self.ignore(inbox, relpath, reason)  # another writer inserted it first
-            return
+                return self.ignore(inbox, relpath, reason)  # another writer inserted it first
+            return True
         if State.IGNORED not in RESETS[State(row.state)] or (
             row.state == State.IGNORED and row.reason == reason
         ):
-            return
+            return False
         fields = {**fresh_version({}, self.clock()), "reason": reason}
-        self.ledger.move(row, State.IGNORED, new_generation=True, **fields)
+        return self.ledger.move(row, State.IGNORED, new_generation=True, **fields) is not None
 
     # -- the one function that moves a row --------------------------------------------
 

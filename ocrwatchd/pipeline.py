@@ -12,6 +12,7 @@ after one fetch. After a crash only an `uploading` row is submitted again.
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from ocrwatchd.config import Config
 from ocrwatchd.engines.base import Engine, JobRef, Submission
 from ocrwatchd.fsafe import UnsafeSource, identity_of_open, open_source
-from ocrwatchd.ledger import Ledger, Row, storage_trouble
+from ocrwatchd.ledger import Ledger, Row, storage_trouble, temporary
 from ocrwatchd.lifecycle import (
     AccountRefused,
     Failed,
@@ -137,6 +138,45 @@ class Loop:
         self.gate = shared.gate
         self.lifecycle = lifecycle
         self.ledger = lifecycle.ledger
+        # An engine's answer the ledger refused for a while (disk full): a job id or a
+        # result body exists nowhere else, so it is kept here and stored before any
+        # other work of this loop.
+        self.held: tuple[Row, Outcome] | None = None
+
+    def _record(self, row: Row, outcome: Outcome) -> None:
+        """Apply the engine's outcome, then tell the gate and the other loops. When the
+        ledger refuses it for a while, hold it and raise (the loop's storage_trouble
+        waits); `step` tries it again first, until the ledger takes it."""
+        try:
+            self.lifecycle.apply(row, outcome)
+        except sqlite3.Error as exc:
+            if temporary(exc):
+                if self.held is None:
+                    log.warning(
+                        "%s: %s: the ledger refused %s (%s); kept in memory until it is stored",
+                        row.inbox,
+                        row.relpath,
+                        _shown(outcome),
+                        exc,
+                    )
+                self.held = (row, outcome)
+            raise
+        if self.held is not None:
+            log.info("%s: %s: %s stored", row.inbox, row.relpath, _shown(outcome))
+            self.held = None
+        probing = not self.gate.proven
+        self.gate.note(outcome, self.ledger)
+        self._told(outcome, probing and self.gate.proven)
+
+    def _told(self, outcome: Outcome, opened: bool) -> None:
+        """Wake the loops an outcome concerns (`opened`: the gate opened with it)."""
+
+    def _store_held(self) -> bool:
+        """Store a held outcome, if any (raises again while the ledger still refuses)."""
+        if self.held is None:
+            return False
+        self._record(*self.held)
+        return True
 
     def _until(self, when: float | None) -> float:
         return REST_MAX if when is None else when - self.lifecycle.clock()
@@ -160,6 +200,8 @@ class Submitter(Loop):
             )
 
     def step(self) -> bool:
+        if self._store_held():
+            return True
         if not self.gate.admit():
             return False
         row = self._claim()
@@ -172,14 +214,14 @@ class Submitter(Loop):
             self.gate.release()
             self.lifecycle.internal_error(row, exc)
             return True
-        probing = not self.gate.proven
-        self.lifecycle.apply(row, outcome)
-        self.gate.note(outcome, self.ledger)
+        self._record(row, outcome)
+        return True
+
+    def _told(self, outcome: Outcome, opened: bool) -> None:
         if isinstance(outcome, Submitted):
             self.shared.poll_wake.notify()
-        if probing:  # the gate may have opened for the others
+        if opened:  # the gate's first probe came back: the others may go too
             self.shared.submit_wake.notify()
-        return True
 
     def _submit(self, row: Row) -> Outcome:
         """Open the very file that settled (no link followed) and hand it to the engine."""
@@ -233,6 +275,8 @@ class Poller(Loop):
         return rows + [row for row in due if row.id not in seen]
 
     def step(self) -> bool:
+        if self._store_held():
+            return True
         if self.gate.wait(submitting=False) > 0:
             return False
         rows = self._rows()
@@ -252,8 +296,9 @@ class Poller(Loop):
             self.lifecycle.internal_error(row, exc)
             self.shared.submit_wake.notify_one()
             return
-        self.lifecycle.apply(row, outcome)
-        self.gate.note(outcome, self.ledger)
+        self._record(row, outcome)
+
+    def _told(self, outcome: Outcome, opened: bool) -> None:
         if not isinstance(outcome, Running | PollTrouble):
             self.shared.submit_wake.notify_one()  # a slot is free
 
@@ -269,6 +314,12 @@ class Poller(Loop):
                 share=self.share,
             )
         )
+
+
+def _shown(outcome: Outcome) -> str:
+    """An outcome for the log: its kind and job id, never a result body."""
+    job = getattr(outcome, "job_id", None)
+    return f"{type(outcome).__name__}" + (f" (job {job})" if job else "")
 
 
 def run_loop(

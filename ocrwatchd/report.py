@@ -1,17 +1,22 @@
-"""Read-side commands: status, jobs, explain, retry. They read the ledger (safe while
-the daemon runs: WAL readers never block the writer) and never touch the inboxes' files."""
+"""Operator commands: status, jobs, explain, retry. They read the ledger (safe while
+the daemon runs: WAL readers never block the writer); only `retry` changes anything: it
+queues failed rows and moves a file back from failed_dir to its inbox path."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ocrwatchd import statelock
+from ocrwatchd import handover, outbox, statelock
 from ocrwatchd.config import Config, InboxConfig
+from ocrwatchd.fsafe import UnsafeSource, identity_of, open_source
 from ocrwatchd.ledger import Ledger, Row
 from ocrwatchd.lifecycle import PUBLIC_STATES, Lifecycle, Requeued, State
+from ocrwatchd.moves import move_source
 from ocrwatchd.rules import skip_reason
 from ocrwatchd.watcher import inbox_available, watch_mode
 
@@ -78,7 +83,7 @@ def format_jobs(rows: list[dict[str, Any]]) -> str:
         return "no files in the ledger"
     lines = []
     for item in rows:
-        note = item["reason"] or item["result"] or item["job_id"] or ""
+        note = item["reason"] or item["result"] or item["job_id"] or item["last_error"] or ""
         lines.append(f"{item['state']:<10} {item['inbox']}: {item['relpath']}  {note}".rstrip())
     return "\n".join(lines)
 
@@ -88,8 +93,10 @@ def status(config: Config) -> dict[str, Any]:
     counts: dict[str, dict[str, int]] = {}
     oldest: dict[str, float] = {}
     info: dict[str, dict[str, Any]] = {}
+    others: dict[str, int] = {}
     if ledger is not None:
         try:
+            others = handover.in_flight(ledger, config.engine)
             counts = ledger.counts_by_inbox()
             oldest = ledger.oldest_waiting()
             info = ledger.inbox_info()
@@ -128,6 +135,7 @@ def status(config: Config) -> dict[str, Any]:
         "daemon": statelock.read_daemon(config.state_dir),
         "inboxes": inboxes,
         "totals": totals,
+        "other_engines": handover.waiting(config, others),
     }
 
 
@@ -145,6 +153,7 @@ def format_status(report: dict[str, Any]) -> str:
     lines = [
         _daemon_line(report["daemon"]),
         f"engine: {report['engine']}   ledger: {report['state_dir']}/ledger.db",
+        *report["other_engines"],
     ]
     for inbox in report["inboxes"]:
         counts = ", ".join(
@@ -197,30 +206,80 @@ def locate(config: Config, path: Path) -> tuple[InboxConfig, str] | None:
 
 
 def retry(config: Config, paths: list[Path]) -> tuple[int, list[str]]:
-    """Queue failed files again: all of them, or those named. Returns (count, unknown names)."""
+    """Queue failed files again: all of them, or those named (in the inbox or in the
+    failed folder). Returns (count, problems): one message per path that could not be
+    queued. A file moved to failed_dir is moved back to its inbox path first."""
     ledger = _ledger(config)
     if ledger is None:
-        return 0, [str(path) for path in paths]
+        return 0, [f"{path}: not a failed file in the ledger" for path in paths]
     lifecycle = Lifecycle(ledger, {inbox.name: inbox for inbox in config.inboxes})
     try:
+        rows: list[Row] = []
+        problems: list[str] = []
         if not paths:
             rows = ledger.rows(states=(State.FAILED,))
-            return sum(lifecycle.apply(row, Requeued()) for row in rows), []
-        rows, unknown = [], []
         for path in paths:
             found = locate(config, path)
             row = ledger.find(found[0].name, found[1]) if found else None
             if row is None or row.state != State.FAILED:
-                unknown.append(str(path))
+                problems.append(f"{path}: not a failed file in the ledger")
             else:
                 rows.append(row)
-        return sum(lifecycle.apply(row, Requeued()) for row in rows), unknown
+        count = 0
+        for row in rows:
+            problem = _requeue(lifecycle, _inbox(config, row.inbox), row)
+            if problem is None:
+                count += 1
+            else:
+                problems.append(problem)
+        return count, problems
     finally:
         ledger.close()
 
 
+def _requeue(lifecycle: Lifecycle, inbox: InboxConfig | None, row: Row) -> str | None:
+    """Queue one failed row again; returns why not, or None. A source in failed_dir goes
+    back to its inbox path (never over a file there) and is processed as a new version."""
+    moved = _in_failed_dir(inbox, row)
+    if inbox is None or moved is None:
+        lifecycle.apply(row, Requeued())
+        return None
+    target = inbox.path / row.relpath
+    if os.path.lexists(target):
+        return (
+            f"{moved}: {target} exists in the inbox; not moved back (move or rename one of"
+            " them, then retry)"
+        )
+    try:
+        folder, name = target.parent, target.name
+        folder.mkdir(parents=True, exist_ok=True)
+        with open_source(moved.parent, moved.name) as source:
+            placed = move_source(source, folder, name)
+    except (OSError, UnsafeSource) as exc:
+        return f"{moved}: cannot move it back to {target}: {exc}"
+    with contextlib.suppress(FileNotFoundError):
+        moved.with_name(moved.name + outbox.REASON_SUFFIX).unlink()
+    if placed != target:  # another file took the name meanwhile: never overwritten
+        return f"{moved}: {target} was taken meanwhile; the file is now {placed}"
+    # The file is a new version at its inbox path: settling, then queued, as any new file.
+    lifecycle.observe(row.inbox, row.relpath, identity_of(placed.stat()))
+    return None
+
+
+def _in_failed_dir(inbox: InboxConfig | None, row: Row) -> Path | None:
+    """Where in failed_dir the row's source was moved to, if it is still there."""
+    if inbox is None or inbox.failed_dir is None or not row.result_path:
+        return None
+    moved = Path(row.result_path)
+    if not moved.is_relative_to(inbox.failed_dir) or not moved.is_file():
+        return None
+    return moved
+
+
 def _sentence(config: Config, inbox: InboxConfig, row: Row) -> str:
     name = row.relpath
+    if row.state == State.SETTLING and row.last_error:
+        return f"{name} is waiting: {row.last_error}; it is tried again every few seconds."
     if row.state == State.SETTLING:
         return (
             f"{name} is still settling: it is queued once its size and mtime stay unchanged"

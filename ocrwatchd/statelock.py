@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from ocrwatchd.errors import ExitCode, OcrwatchdError, StateError
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = "daemon.lock"
 # A `status` probing with a shared lock holds it for an instant; a starting daemon
@@ -52,6 +55,18 @@ class DaemonLock:
         self.path = path
         self.record = record
         self._fd: int | None = fd
+
+    def set_engine(self, engine: str) -> None:
+        """Record the engine in use now (a reload may change it); `status` shows it."""
+        if self._fd is None:
+            return
+        self.record = {**self.record, "engine": engine}
+        data = json.dumps(self.record).encode("utf-8") + b"\n"
+        try:
+            os.pwrite(self._fd, data, 0)
+            os.ftruncate(self._fd, len(data))
+        except OSError as error:
+            log.warning("cannot update %s: %s", self.path, error.strerror or error)
 
     def release(self) -> None:
         if self._fd is not None:
