@@ -17,8 +17,9 @@ from ocrwatchd.fsafe import UnsafeSource, identity_of, open_source
 from ocrwatchd.ledger import Ledger, Row
 from ocrwatchd.lifecycle import PUBLIC_STATES, Lifecycle, Requeued, State
 from ocrwatchd.moves import move_source
+from ocrwatchd.presence import Presence
 from ocrwatchd.rules import skip_reason
-from ocrwatchd.watcher import inbox_available, watch_mode
+from ocrwatchd.watcher import watch_mode
 
 __all__ = ["PUBLIC_STATES", "explain", "format_jobs", "format_status", "jobs", "retry", "status"]
 
@@ -118,7 +119,7 @@ def status(config: Config) -> dict[str, Any]:
                 "watch": known.get("watch") or watch_mode(inbox),
                 # The daemon knows whether a mount went away; the live check whether the
                 # directory is there and readable now.
-                "available": bool(known.get("available", 1)) and inbox_available(inbox, False),
+                "available": bool(known.get("available", 1)) and Presence([]).check(inbox),
                 "counts": inbox_counts,
                 "oldest_pending_seconds": round(now - oldest[inbox.name], 1)
                 if inbox.name in oldest

@@ -314,15 +314,3 @@ def unsafe_reason(path: Path) -> str | None:
         kind = "a socket" if stat.S_ISSOCK(info.st_mode) else kind
         return f"{kind}; only regular files are processed"
     return None
-
-
-def inbox_available(inbox: InboxConfig, was_mount: bool) -> bool:
-    """Whether the inbox can be trusted now: it exists, is a listable directory and, if it
-    was a mount point at start, still is (an unmounted share is not an empty inbox)."""
-    try:
-        if not inbox.path.is_dir():
-            return False
-        os.listdir(inbox.path)
-    except OSError:
-        return False
-    return not was_mount or os.path.ismount(inbox.path)
