@@ -31,6 +31,7 @@ from ocrwatchd.ledger import Ledger, storage_trouble
 from ocrwatchd.lifecycle import WAITING, Interrupted, Lifecycle, State
 from ocrwatchd.pipeline import Poller, Shared, Submitter, run_loop
 from ocrwatchd.watcher import SCAN_DIR, Event, start_observer, watch_mode, watching
+from ocrwatchd.webhook import WebhookReceiver, start_receiver
 
 if TYPE_CHECKING:
     from watchdog.observers.api import BaseObserver
@@ -81,6 +82,7 @@ class Daemon:
         self.shared: Shared | None = None
         self.finisher: Finisher | None = None
         self.metrics: Metrics | None = None
+        self.receiver: WebhookReceiver | None = None
         self.observers: dict[str, BaseObserver] = {}
         self.ledger_path = config.state_dir / "ledger.db"
 
@@ -235,6 +237,7 @@ class Daemon:
             if self.metrics is not None:
                 self.metrics.start()
                 self.engine.on_request = self.metrics.api_request
+            self.receiver = start_receiver(config, self.engine, self.ledger_path)
             self.shared = Shared(self.engine, config, self.stop)
             lifecycle = self._lifecycle(ledger)
             moved = recover(lifecycle, self.engine)
@@ -287,6 +290,8 @@ class Daemon:
             log.warning("stopped with %s still busy; the next start resumes", ", ".join(left))
         if self.metrics is not None:
             self.metrics.stop()
+        if self.receiver is not None:
+            self.receiver.stop()
 
     def _ensure_watches(self, *, starting: bool = False) -> None:
         """Start a watch for every inbox that has none, or whose watch ended (its folder
