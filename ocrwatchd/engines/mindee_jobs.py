@@ -181,6 +181,10 @@ class MindeeEngine(Engine):
         pushed = self._pushed_result(job)
         if pushed is not None:
             return pushed
+        if self.deliveries.just_taken(job.job_id):
+            # The news of a replayed delivery, racing the store of the first: the row
+            # has moved on, or will in a moment; asking the API would only cost a 404.
+            return Running(self.settings.poll_interval)
         client = self._client()
         try:
             self.poll_limit.take()

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 Kind = tuple[str, int]
 
 WEIGHT = 0.3  # of the newest sample in the moving estimate: a few jobs adapt it
+TAKEN_WINDOW = 10.0  # seconds a delivered result's job is not asked for again
 KINDS_KEPT = 10_000  # jobs remembered between submit and end (those of a crash are dropped)
 
 
@@ -76,9 +79,17 @@ class Deliveries:
     result is not lost while the API keeps it: the fallback poll fetches it.
     """
 
-    def __init__(self, *, max_count: int = 256, max_bytes: int = 256 * 2**20) -> None:
+    def __init__(
+        self,
+        *,
+        max_count: int = 256,
+        max_bytes: int = 256 * 2**20,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_count, self.max_bytes = max_count, max_bytes
+        self.clock = clock
         self._bodies: OrderedDict[str, bytes] = OrderedDict()
+        self._taken: OrderedDict[str, float] = OrderedDict()
         self._size = 0
         self._lock = threading.Lock()
 
@@ -97,5 +108,16 @@ class Deliveries:
     def take(self, job_id: str) -> bytes | None:
         with self._lock:
             body = self._bodies.pop(job_id.lower(), None)
-            self._size -= len(body) if body is not None else 0
+            if body is not None:
+                self._size -= len(body)
+                self._taken[job_id.lower()] = self.clock()
+                while len(self._taken) > self.max_count:
+                    self._taken.popitem(last=False)
             return body
+
+    def just_taken(self, job_id: str, within: float = TAKEN_WINDOW) -> bool:
+        """Whether a poll took this job's delivered result in the last `within` seconds:
+        a second poll then (a replayed delivery's news, racing the store) is a duplicate."""
+        with self._lock:
+            when = self._taken.get(job_id.lower())
+            return when is not None and self.clock() - when < within
