@@ -23,8 +23,8 @@ Settings (constructor keywords, also plain attributes that may change while it r
   its enqueue, whatever the polls (`processing_polls` is then not used).
 - `webhooks` (None): a `tests.emulator_webhooks.WebhookSender`, told of each job enqueued
   with `webhook_ids`; it POSTs the signed result when the job ends.
-- `chaos` (None): `chaos(route, alias)` → a `Fault` or None, asked for every request that
-  has no queued fault (`alias`: the enqueue's form field; None for other routes).
+- `chaos` (None): `chaos(route, key)` → a `Fault` or None, asked for every request that
+  has no queued fault (`key`: the enqueue's alias, else the request's path).
 
 Routes, as named by faults and `count()`: `"enqueue"` (POST /v2/products/ocr/enqueue),
 `"job"` (GET /v2/jobs/{id}), `"result"` (GET /v2/products/ocr/results/{id}).
@@ -274,7 +274,7 @@ class MindeeEmulator:
         self.result_base: str | None = None
         self.processing_seconds: float | None = None
         self.webhooks: Any = None
-        self.chaos: Callable[[str, str | None], Fault | None] | None = None
+        self.chaos: Callable[[str, str], Fault | None] | None = None
         # A reentrant lock: wait_for() predicates read the thread-safe properties below.
         self._cond = threading.Condition(threading.RLock())
         self._faults: dict[str, collections.deque[Fault]] = {r: collections.deque() for r in ROUTES}
@@ -467,13 +467,13 @@ class MindeeEmulator:
             self._connections.discard(connection)
             self._cond.notify_all()
 
-    def _next_fault(self, route: str | None, alias: str | None = None) -> Fault | None:
+    def _next_fault(self, route: str | None, key: str = "") -> Fault | None:
         with self._cond:
             queue = self._faults.get(route or "")
             if queue:
                 return queue.popleft()
             chaos = self.chaos
-        return chaos(route, alias) if chaos is not None and route is not None else None
+        return chaos(route, key) if chaos is not None and route is not None else None
 
     def complete(self, job_id: str) -> bytes | None:
         """End the job now if it has not ended; return its result body (as the result
@@ -756,7 +756,7 @@ class _Handler(BaseHTTPRequestHandler):
         if route == "enqueue" and self.command != "POST":
             route = None
         alias = _first(upload.fields, "alias") if upload and route == "enqueue" else None
-        fault = emulator._next_fault(route, alias)
+        fault = emulator._next_fault(route, alias or split.path)
         answer: tuple[int, dict[str, str], bytes] | None = None
         if fault is None or fault.process:
             answer = emulator._answer(self.command, split.path, query, headers, upload)
