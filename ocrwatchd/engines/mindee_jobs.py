@@ -142,7 +142,7 @@ class MindeeEngine(Engine):
         except ApiError as exc:
             return _refusal(exc) or Failed(str(exc))
         self.times.started(job.id, kind_of(path, _size(submission)))
-        return Submitted(job.id, poll_in=self._poll_in(job.id, 0.0))
+        return Submitted(job.id, poll_in=self._poll_in(job.id, None))
 
     def deliver(self, job_id: str, body: bytes) -> None:
         """A result the webhook receiver was given (signature checked): the next poll of
@@ -158,15 +158,17 @@ class MindeeEngine(Engine):
         self.times.ended(job.job_id, None if started is None else self.clock() - started)
         return Result(body)
 
-    def _poll_in(self, job_id: str, elapsed: float) -> float:
-        """Seconds until the next poll of a job processing for `elapsed` seconds."""
+    def _poll_in(self, job_id: str, elapsed: float | None) -> float:
+        """Seconds until the next poll of a job processing for `elapsed` seconds (None:
+        the job was just submitted)."""
         settings = self.settings
         expected = self.times.expect(job_id)
         # The poll rate limit shared by the jobs in flight: never ask faster than that.
         floor = 60.0 / settings.poll_per_minute * max(1, self.times.in_flight())
         if expected is None:
-            plain = settings.poll_initial_delay if elapsed == 0 else settings.poll_interval
+            plain = settings.poll_initial_delay if elapsed is None else settings.poll_interval
             return max(floor, plain)
+        elapsed = elapsed or 0.0
         if self.pushed:
             fallback = expected * 2 + settings.poll_interval
             return max(floor, fallback - elapsed, settings.poll_interval)
