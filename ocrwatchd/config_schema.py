@@ -497,11 +497,9 @@ WEBHOOK = Section(
     "under webhook:",
     {
         "listen": Field(listen_address),
-        # Without the signing secret anyone reaching the listener could forge results.
-        "secret_file": Field(
-            filesystem_path,
-            required="missing; the webhook receiver needs the signing secret's file",
-        ),
+        # Without the signing secret anyone reaching the listener could forge results:
+        # config.py requires it, here or as the systemd credential webhook-secret.
+        "secret_file": Field(filesystem_path),
     },
     "secrets do not live in the config; use webhook.secret_file",
 )
