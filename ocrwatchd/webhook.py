@@ -11,8 +11,9 @@ poll of that job returns it as a `Result`, so it is stored exactly as a polled o
 the same guard (a replay finds the row already moved on and changes nothing).
 
 The answer (204) goes out before anything touches the ledger, well within the 100 ms a
-webhook sender allows; only then is the job looked up, to log one that no file here
-follows. The receiver never writes the ledger.
+webhook sender allows; only then is the job looked up (read only): a delivery that
+overtook the recording of its enqueue is announced again once the file follows the job,
+and one for a job no file here follows is logged.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 
 BODY_LIMIT = 64 * 2**20 + 2**20  # the largest result the client takes, and some room
 READ_TIMEOUT = 10.0  # seconds a sender may take to send its request
+# Pauses before looking (again) for the file following a delivered job: an enqueue's
+# answer is recorded within milliseconds, but a loaded machine may take longer.
+RECHECKS = (0.0, 0.2, 1.0)
 
 
 @runtime_checkable
@@ -45,6 +49,8 @@ class Receiving(Protocol):
     pushed: bool
 
     def deliver(self, job_id: str, body: bytes) -> None: ...
+
+    def announce(self, job_id: str) -> None: ...
 
 
 class WebhookError(OcrwatchdError):
@@ -91,6 +97,7 @@ class WebhookReceiver:
         self._key = settings.secret.reveal().encode("utf-8")
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def port(self) -> int:
@@ -120,6 +127,7 @@ class WebhookReceiver:
 
     def stop(self) -> None:
         """Stop listening. Safe to call twice."""
+        self._stopping.set()
         server, self._server = self._server, None
         if server is None:
             return
@@ -134,6 +142,30 @@ class WebhookReceiver:
         expected = signature(self._key, body).encode("ascii")
         # Header values arrive as latin-1 text: any byte string compares, in constant time.
         return hmac.compare_digest(expected, given.strip().lower().encode("latin-1", "replace"))
+
+    def follow_up(self, job_id: str) -> None:
+        """After a delivery was answered: make sure a file following the job hears of it.
+        A job is not followed yet when its delivery overtook the recording of its enqueue,
+        and the news may have been taken by then: it is announced again once followed;
+        one never followed is logged."""
+        for pause in RECHECKS:
+            if self._stopping.wait(pause):
+                return
+            try:
+                followed = self.followed(job_id)
+            except OcrwatchdError as exc:
+                log.warning("webhook for job %s: cannot read the ledger: %s", job_id, exc)
+                return
+            if followed:
+                # Again: a poller may have taken the first news before the file followed.
+                self.engine.announce(job_id)
+                log.debug("webhook: result of job %s received", job_id)
+                return
+        log.info(
+            "webhook for job %s, which no file here is waiting for (unknown, or its result"
+            " is already stored); answered and ignored",
+            job_id,
+        )
 
     def followed(self, job_id: str) -> bool:
         """Whether a file here is following this job (its own short-lived connection:
@@ -219,20 +251,7 @@ class _Handler(BaseHTTPRequestHandler):
         receiver.engine.deliver(job_id, body)
         self._answer(204)
         # After the answer: the sender is not kept waiting for the ledger.
-        try:
-            followed = receiver.followed(job_id)
-        except OcrwatchdError as exc:
-            log.warning("webhook for job %s: cannot read the ledger: %s", job_id, exc)
-            return
-        if followed:
-            log.debug("webhook: result of job %s received", job_id)
-        else:
-            log.info(
-                "webhook for job %s, which no file here is waiting for (unknown, or its"
-                " result is already stored); answered and kept in case its enqueue is"
-                " still being recorded",
-                job_id,
-            )
+        receiver.follow_up(job_id)
 
     def do_GET(self) -> None:
         self._answer(405)

@@ -15,7 +15,7 @@ from ocrwatchd.config import MindeeConfig, WebhookConfig
 from ocrwatchd.engines.base import JobRef
 from ocrwatchd.engines.mindee_jobs import MindeeEngine
 from ocrwatchd.ledger import Ledger
-from ocrwatchd.lifecycle import Result
+from ocrwatchd.lifecycle import Result, State
 from ocrwatchd.secret import Secret
 from ocrwatchd.webhook import WebhookReceiver
 from tests.emulator_webhooks import WebhookSender, post, sign
@@ -29,6 +29,7 @@ from tests.helpers import (
     wait_for,
     write_config,
 )
+from tests.lifecycle_support import World
 from tests.mindee_emulator import DEFAULT_API_KEY, MindeeEmulator
 
 SECRET = "whsec-test-0123456789"
@@ -110,6 +111,34 @@ def test_unknown_job_is_answered_and_logged(receiver, caplog):
         assert post(url, body, {"X-Signature": sign(SECRET, body)}) == 204
         wait_for(lambda: "no file here is waiting" in caplog.text, 5, "the log line")
     assert "11111111-2222-4333-8444-555555555555" in caplog.text
+
+
+def test_delivery_that_overtakes_the_enqueue_is_announced_once_the_file_follows(
+    tmp_path, emulator, caplog
+):
+    world = World(tmp_path)
+    engine = MindeeEngine(MindeeConfig(Secret(DEFAULT_API_KEY), "env", emulator.url, None))
+    hook = WebhookReceiver(WebhookConfig("127.0.0.1", 0, Secret(SECRET)), engine, world.ledger.path)
+    hook.start()
+    try:
+        news = engine.news.subscribe()
+        body = result_body(JOB)
+        with caplog.at_level(logging.INFO, logger="ocrwatchd.webhook"):
+            assert (
+                post(f"http://127.0.0.1:{hook.port}/", body, {"X-Signature": sign(SECRET, body)})
+                == 204
+            )
+            engine.take_news()
+            news.clear()
+            world.row(State.PROCESSING, job_id=JOB)  # the enqueue's answer is recorded now
+            assert news.wait(3), "announced again once a file follows the job"
+        assert engine.take_news() == {JOB}
+        assert engine.poll(JobRef(JOB, None)) == Result(body)
+        assert "no file here is waiting" not in caplog.text
+    finally:
+        hook.stop()
+        engine.close()
+        world.ledger.close()
 
 
 def test_signed_body_that_is_no_result_is_refused(receiver):
