@@ -139,7 +139,8 @@ def run_mode(mode: str, args: argparse.Namespace) -> tuple[list[float], dict[str
                     os.replace(temp_path, root / "in" / name)
                     result = root / "out" / f"{name}.json"
                     if not wait(result.exists, 60):
-                        raise SystemExit(f"{mode}: no result for {name}")
+                        tail = (root / "daemon.log").read_text()[-3000:]
+                        raise SystemExit(f"{mode}: no result for {name}; the daemon's log:\n{tail}")
                     took = time.monotonic() - dropped
                     overheads.append(took - args.settle - args.processing)
             finally:
