@@ -151,8 +151,6 @@ def _run_locked(path: Path, config: Config, *, once: bool, lock: statelock.Daemo
     for problem in check_environment(config):
         log.warning("%s", problem)
     _announce_engine(config)
-    if config.webhook is not None:
-        log.warning("the webhook receiver is not implemented yet; results are fetched by polling")
     if not once:
         return serve(path, config, on_config=lambda new: lock.set_engine(new.engine))
     terminal = sys.stderr.isatty()

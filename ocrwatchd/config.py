@@ -20,6 +20,8 @@ Where values come from when the file does not give them:
   (systemd `LoadCredential=`), else `$MINDEE_V2_API_KEY`. An empty key counts as none.
   Key files must not be readable by other users (their group may read them: mode 640 for
   root:ocrwatchd). The key itself never appears in a message.
+- the webhook signing secret (with a `webhook:` section): `webhook.secret_file`, else
+  `$CREDENTIALS_DIRECTORY/webhook-secret`.
 - `mindee.base_url`: `$MINDEE_V2_BASE_URL`, else `https://api-v2.mindee.net`; a trailing
   `/` or `/v2` is dropped, since requests go to `BASE/v2/...`.
 - `engine`: `mindee` when an API key is found, else `local`.
@@ -64,6 +66,7 @@ from ocrwatchd.errors import ConfigError
 from ocrwatchd.secret import Secret
 
 DEFAULT_BASE_URL = "https://api-v2.mindee.net"
+WEBHOOK_CREDENTIAL = "webhook-secret"
 # A key with whitespace or control characters inside would break (or inject into) headers.
 _NOT_A_KEY = re.compile(r"[\s\x00-\x1f\x7f]")
 
@@ -211,7 +214,7 @@ def _resolve(
     check_inboxes(inboxes, ctx)
     check_disjoint(state_dir, state_label, inboxes, ctx)
     check_secret_places(values, inboxes, ctx)
-    webhook = _webhook(values.get("webhook"), ctx)
+    webhook = _webhook(values.get("webhook"), env, ctx)
     if ctx.problems:
         return None
     options = {k: v for k, v in mindee.items() if k not in ("api_key_file", "base_url")}
@@ -340,9 +343,26 @@ def _base_url(mindee: dict[str, Any], env: Mapping[str, str], ctx: Context) -> s
     return DEFAULT_BASE_URL
 
 
-def _webhook(values: dict[str, Any] | None, ctx: Context) -> WebhookConfig | None:
-    if values is None or "secret_file" not in values:
+def _webhook(
+    values: dict[str, Any] | None, env: Mapping[str, str], ctx: Context
+) -> WebhookConfig | None:
+    """The receiver's settings; its signing secret from `secret_file`, else the systemd
+    credential `webhook-secret` (a problem when neither is there)."""
+    if values is None:
         return None
-    secret = _read_secret(values["secret_file"], "webhook.secret_file", ctx, private=True)
+    credential = Path(env.get("CREDENTIALS_DIRECTORY") or "/nonexistent", WEBHOOK_CREDENTIAL)
+    if "secret_file" in values:
+        secret = _read_secret(values["secret_file"], "webhook.secret_file", ctx, private=True)
+    elif env.get("CREDENTIALS_DIRECTORY") and os.path.isfile(credential):
+        # systemd creates credential files itself, private to the service.
+        secret = _read_secret(credential, "webhook", ctx, private=False)
+    else:
+        ctx.problem(
+            ctx.marks.get("webhook"),
+            "webhook.secret_file",
+            "missing; the webhook receiver needs the signing secret's file (or the"
+            f" systemd credential {WEBHOOK_CREDENTIAL})",
+        )
+        return None
     host, port = values.get("listen", defaults(WEBHOOK)["listen"])
     return WebhookConfig(host, port, Secret(secret) if secret else None)

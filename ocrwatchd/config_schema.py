@@ -294,12 +294,9 @@ WEBHOOK = Section(
         "listen": F(
             listen_address, ("127.0.0.1", 8787), "HOST:PORT to listen on", shown="127.0.0.1:8787"
         ),
-        # Without the signing secret anyone reaching the listener could forge results.
-        "secret_file": F(
-            filesystem_path,
-            doc="file holding the webhook's signing secret",
-            required="missing; the webhook receiver needs the signing secret's file",
-        ),
+        # Without the signing secret anyone reaching the listener could forge results:
+        # config.py requires it, here or as the systemd credential webhook-secret.
+        "secret_file": F(filesystem_path, doc="file holding the webhook's signing secret"),
     },
     "secrets do not live in the config; use webhook.secret_file",
 )

@@ -33,6 +33,7 @@ from ocrwatchd.ledger import Ledger, storage_trouble
 from ocrwatchd.lifecycle import WAITING, State
 from ocrwatchd.pipeline import Shared
 from ocrwatchd.watcher import SCAN_DIR, Event, start_observer, watch_mode, watching
+from ocrwatchd.webhook import WebhookReceiver, start_receiver
 
 if TYPE_CHECKING:
     from watchdog.observers.api import BaseObserver
@@ -85,6 +86,7 @@ class Daemon(EngineThreads):
         self.old_engines: list[Shared] = []
         self.finisher: Finisher | None = None
         self.metrics: Metrics | None = None
+        self.receiver: WebhookReceiver | None = None
         self.observers: dict[str, BaseObserver] = {}
         self.ledger_path = config.state_dir / "ledger.db"
 
@@ -182,6 +184,7 @@ class Daemon(EngineThreads):
             if self.metrics is not None:
                 self.metrics.start()
                 self.engine.on_request = self.metrics.api_request
+            self.receiver = start_receiver(config, self.engine, self.ledger_path)
             self.shared = Shared(self.engine, config, self.stop)
             lifecycle = self._lifecycle(ledger)
             moved = recover(lifecycle, self.engine)
@@ -240,6 +243,8 @@ class Daemon(EngineThreads):
             log.warning("stopped with %s still busy; the next start resumes", ", ".join(left))
         if self.metrics is not None:
             self.metrics.stop()
+        if self.receiver is not None:
+            self.receiver.stop()
 
     def _ensure_watches(self, *, starting: bool = False) -> None:
         """Start a watch for every inbox that has none, or whose watch ended (its folder

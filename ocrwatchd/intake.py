@@ -118,6 +118,10 @@ class Intake:
             inbox = self.inboxes.get(inbox_name)
             if inbox is not None:
                 self._guarded(self.handle, inbox, Path(path), hint)
+            if self.candidates:
+                # A file arrived while resting: its settle checks start now, not after
+                # the rest (up to REST seconds) that was planned before it came.
+                deadline = min(deadline, self.clock() + TICK)
         self.settle()
         self.ignored.flush()
 

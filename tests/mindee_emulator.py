@@ -19,6 +19,12 @@ Settings (constructor keywords, also plain attributes that may change while it r
 - `latency` (0): seconds added before every answer.
 - `result_base` (None): the base URL named in `result_url` and `Location` (default: the
   emulator's own), to play an API that sends clients to another origin for results.
+- `processing_seconds` (None): when set, a job is Processing for that many seconds after
+  its enqueue, whatever the polls (`processing_polls` is then not used).
+- `webhooks` (None): a `tests.emulator_webhooks.WebhookSender`, told of each job enqueued
+  with `webhook_ids`; it POSTs the signed result when the job ends.
+- `chaos` (None): `chaos(route, key)` → a `Fault` or None, asked for every request that
+  has no queued fault (`key`: the enqueue's alias, else the request's path).
 
 Routes, as named by faults and `count()`: `"enqueue"` (POST /v2/products/ocr/enqueue),
 `"job"` (GET /v2/jobs/{id}), `"result"` (GET /v2/products/ocr/results/{id}).
@@ -87,7 +93,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -212,6 +218,7 @@ class EmulatedJob:
     webhook_ids: list[str]
     processing_polls: int
     created_at: datetime
+    ready_at: datetime | None = None  # with processing_seconds: when it ends
     failure: dict[str, Any] | None = None
     pages: list[dict[str, Any]] | None = None
     completed_at: datetime | None = None
@@ -265,6 +272,9 @@ class MindeeEmulator:
         self.delete_on_fetch = delete_on_fetch
         self.latency = latency
         self.result_base: str | None = None
+        self.processing_seconds: float | None = None
+        self.webhooks: Any = None
+        self.chaos: Callable[[str, str], Fault | None] | None = None
         # A reentrant lock: wait_for() predicates read the thread-safe properties below.
         self._cond = threading.Condition(threading.RLock())
         self._faults: dict[str, collections.deque[Fault]] = {r: collections.deque() for r in ROUTES}
@@ -457,10 +467,30 @@ class MindeeEmulator:
             self._connections.discard(connection)
             self._cond.notify_all()
 
-    def _next_fault(self, route: str | None) -> Fault | None:
+    def _next_fault(self, route: str | None, key: str = "") -> Fault | None:
         with self._cond:
             queue = self._faults.get(route or "")
-            return queue.popleft() if queue else None
+            if queue:
+                return queue.popleft()
+            chaos = self.chaos
+        return chaos(route, key) if chaos is not None and route is not None else None
+
+    def complete(self, job_id: str) -> bytes | None:
+        """End the job now if it has not ended; return its result body (as the result
+        route would, without counting a fetch), or None if it Failed or is gone."""
+        with self._cond:
+            job = self._jobs[job_id]
+            if not job.finished:
+                job.completed_at = job.ready_at or _now()
+            if job.status != "Processed" or job.deleted:
+                return None
+            return self._result_body(job)
+
+    def delivered(self, job_id: str) -> None:
+        """A webhook delivery of the job succeeded: like a fetch, it deletes the result."""
+        with self._cond:
+            if self.delete_on_fetch:
+                self._jobs[job_id].deleted = True
 
     def _record(self, request: RecordedRequest) -> None:
         with self._cond:
@@ -571,18 +601,25 @@ class MindeeEmulator:
                 job.pages = self._next_pages.popleft()
             elif alias in self._pages_by_alias:
                 job.pages = self._pages_by_alias[alias]
-            if job.processing_polls <= 0:
+            if self.processing_seconds is not None:
+                job.ready_at = now + timedelta(seconds=self.processing_seconds)
+            elif job.processing_polls <= 0:
                 job.completed_at = now
             self._jobs[job.id] = job
             self._enqueued.append(job)
             body = {"job": self._job_json(job, status="Processing")}
+        if self.webhooks is not None and webhook_ids:
+            self.webhooks.schedule(job.id, job.ready_at or now)
         return _json_answer(202, body)
 
     def _poll(
         self, job: EmulatedJob, query: dict[str, list[str]]
     ) -> tuple[int, dict[str, str], bytes]:
         """Answer a job poll; the caller holds the lock."""
-        if not job.finished and job.polls >= job.processing_polls:
+        if job.ready_at is not None:
+            if not job.finished and _now() >= job.ready_at:
+                job.completed_at = job.ready_at
+        elif not job.finished and job.polls >= job.processing_polls:
             job.completed_at = _now()
         job.polls += 1
         body = {"job": self._job_json(job)}
@@ -602,6 +639,10 @@ class MindeeEmulator:
         job.fetches += 1
         if self.delete_on_fetch:
             job.deleted = True
+        return 200, {"Content-Type": "application/json"}, self._result_body(job)
+
+    def _result_body(self, job: EmulatedJob) -> bytes:
+        """The result JSON of a Processed job; the caller holds the lock."""
         pdf = job.mime_type == "application/pdf"
         if job.pages is None:
             name = "ocr_multiple.json" if pdf else "ocr_single.json"
@@ -624,8 +665,7 @@ class MindeeEmulator:
         # The pages are serialized once per fixture and spliced in: serializing 170 kB
         # per fetch under the lock made the emulator, not the client, the bottleneck.
         head = json.dumps({"inference": inference}, ensure_ascii=False)
-        raw = head.replace(json.dumps(_PAGES_SLOT), pages_json, 1).encode("utf-8")
-        return 200, {"Content-Type": "application/json"}, raw
+        return head.replace(json.dumps(_PAGES_SLOT), pages_json, 1).encode("utf-8")
 
     def _result_url(self, job: EmulatedJob) -> str:
         return f"{self.result_base or self.url}/v2/products/ocr/results/{job.id}"
@@ -715,7 +755,8 @@ class _Handler(BaseHTTPRequestHandler):
         route, _ = _route_of(split.path)
         if route == "enqueue" and self.command != "POST":
             route = None
-        fault = emulator._next_fault(route)
+        alias = _first(upload.fields, "alias") if upload and route == "enqueue" else None
+        fault = emulator._next_fault(route, alias or split.path)
         answer: tuple[int, dict[str, str], bytes] | None = None
         if fault is None or fault.process:
             answer = emulator._answer(self.command, split.path, query, headers, upload)

@@ -892,3 +892,21 @@ def test_environment_reports_a_local_engine_that_cannot_load(
     config = load_config(write(tmp_path, MINIMAL), env)
     [problem] = engines.problems(config)
     assert ": engine: the local engine cannot be loaded" in problem
+
+
+def test_webhook_secret_from_systemd_credentials(tmp_path: Path, env: dict[str, str]) -> None:
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    secret_file(credentials / "webhook-secret", "from-credentials\n", mode=0o400)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    path = tmp_path / "ocrwatchd.yaml"
+    path.write_text(
+        "engine: local\nwebhook:\n  listen: 127.0.0.1:0\n"
+        "inboxes:\n  - {name: a, path: in, outbox: out}\n"
+    )
+    config = load_config(path, {**env, "CREDENTIALS_DIRECTORY": str(credentials)})
+    assert config.webhook is not None
+    assert config.webhook.secret == Secret("from-credentials")
+    with pytest.raises(ConfigError, match=r"webhook\.secret_file: missing"):
+        load_config(path, env)

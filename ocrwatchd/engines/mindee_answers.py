@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
@@ -40,6 +40,9 @@ class Job:
     alias: str | None
     filename: str | None
     error: ApiError | None
+    # Seconds from created_at to completed_at by the API's own clock: how long the job
+    # really took, whatever our polling schedule (None until it ended, or unreadable).
+    duration: float | None = None
 
 
 class ErrorMaker(Protocol):
@@ -80,7 +83,23 @@ def parse_job(payload: Mapping[str, Any], what: str, error: ErrorMaker) -> Job:
         alias=text_or_none(job["alias"]),
         filename=text_or_none(job["filename"]),
         error=_job_error(job_id, job["error"], error) if status == "Failed" else None,
+        duration=_duration(job.get("created_at"), job.get("completed_at")),
     )
+
+
+def _duration(created: Any, completed: Any) -> float | None:
+    """Seconds between two API timestamps (naive ones are UTC, as are those with Z)."""
+    try:
+        start, end = (_timestamp(value) for value in (created, completed))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    seconds = end - start
+    return seconds if seconds >= 0 else None
+
+
+def _timestamp(value: str) -> float:
+    when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _job_error(job_id: str, body: Any, error: ErrorMaker) -> ApiError:

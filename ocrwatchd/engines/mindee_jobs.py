@@ -3,11 +3,18 @@ lifecycle outcomes, under the client-side rate limits.
 
 Each thread that calls the engine gets its own `MindeeClient` (its own connections);
 the rate limits are shared by all of them.
+
+Polls are timed by what the API took for similar files (`mindee_pace`): the first comes
+when the result is expected, then a few quick ones, then the SDKs' `poll_interval`; all
+no closer than the poll rate limit allows for the jobs in flight. Results pushed by the
+webhook receiver (`deliver`) are taken by the next poll without a request, so they are
+stored exactly as a polled one; polling then only backs the webhook up.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 from ocrwatchd.config import Config, MindeeConfig
 from ocrwatchd.engines.base import Engine, JobRef, Submission
 from ocrwatchd.engines.mindee import MindeeClient, result_problem
+from ocrwatchd.engines.mindee_pace import Deliveries, ProcessingTimes, kind_of
 from ocrwatchd.errors import ApiError
 from ocrwatchd.lifecycle import (
     AccountRefused,
@@ -76,6 +84,11 @@ class MindeeEngine(Engine):
         self._local = threading.local()
         self._clients: list[MindeeClient] = []
         self._lock = threading.Lock()
+        self.times = ProcessingTimes()
+        self.deliveries = Deliveries()
+        # Set while a webhook receiver runs and the enqueue names webhooks: polls are
+        # then only the fallback for a delivery that never comes.
+        self.pushed = False
 
     @classmethod
     def from_config(cls, config: Config, *, daemon: bool = False) -> MindeeEngine:
@@ -128,24 +141,75 @@ class MindeeEngine(Engine):
             return RetryLater(f"cannot read the file: {exc}")
         except ApiError as exc:
             return _refusal(exc) or Failed(str(exc))
-        return Submitted(job.id, poll_in=self.settings.poll_initial_delay)
+        self.times.started(job.id, kind_of(path, _size(submission)))
+        return Submitted(job.id, poll_in=self._poll_in(job.id, None))
+
+    def deliver(self, job_id: str, body: bytes) -> None:
+        """A result the webhook receiver was given (signature checked): the next poll of
+        this job takes it, and the job is polled at once."""
+        self.deliveries.put(job_id, body)
+        self.announce(job_id)
+
+    def _pushed_result(self, job: JobRef) -> Result | None:
+        body = self.deliveries.take(job.job_id)
+        if body is None:
+            return None
+        started = job.enqueued_at
+        self.times.ended(job.job_id, None if started is None else self.clock() - started)
+        return Result(body)
+
+    def _poll_in(self, job_id: str, elapsed: float | None) -> float:
+        """Seconds until the next poll of a job processing for `elapsed` seconds (None:
+        the job was just submitted)."""
+        settings = self.settings
+        expected = self.times.expect(job_id)
+        # The poll rate limit shared by the jobs in flight: never ask faster than that.
+        floor = 60.0 / settings.poll_per_minute * max(1, self.times.in_flight())
+        if expected is None:
+            plain = settings.poll_initial_delay if elapsed is None else settings.poll_interval
+            return max(floor, plain)
+        elapsed = elapsed or 0.0
+        if self.pushed:
+            fallback = expected * 2 + settings.poll_interval
+            return max(floor, fallback - elapsed, settings.poll_interval)
+        if elapsed < expected:
+            return max(floor, expected - elapsed)
+        if elapsed < 2 * expected + 1:
+            # Just missed: the result is a small fraction of the expected time away.
+            return max(floor, min(settings.poll_interval, 0.1 * expected + 0.05))
+        return max(floor, settings.poll_interval)
 
     def poll(self, job: JobRef) -> Outcome:
+        pushed = self._pushed_result(job)
+        if pushed is not None:
+            return pushed
+        if self.deliveries.just_taken(job.job_id):
+            # The news of a replayed delivery, racing the store of the first: the row
+            # has moved on, or will in a moment; asking the API would only cost a 404.
+            return Running(self.settings.poll_interval)
         client = self._client()
         try:
             self.poll_limit.take()
             answer = client.get_job(job.job_id)
             if answer.status == "Processed":
+                self.times.ended(job.job_id, answer.duration)
                 self.poll_limit.take()
                 return Result(client.get_result_for(answer))
             if answer.status == "Failed":
+                self.times.ended(job.job_id, None)
                 error = answer.error
                 message = f"job failed: {error}" if error is not None else "the job ended Failed"
                 if error is not None and error.retryable:
                     return RetryLater(message)
                 return Failed(str(error) if error is not None else message)
         except ApiError as exc:
+            # A webhook delivery deletes a result the model does not keep: the 404 of a
+            # fetch racing it finds the result delivered meanwhile.
+            pushed = self._pushed_result(job)
+            if pushed is not None:
+                return pushed
             if exc.status == 404:
+                self.times.ended(job.job_id, None)
                 return Orphaned(f"the API no longer has job {job.job_id} or its result ({exc})")
             refusal = _refusal(exc)
             if isinstance(refusal, RetryLater):
@@ -153,9 +217,13 @@ class MindeeEngine(Engine):
             return refusal or Failed(str(exc))
         # Processing, by the API's own answer: only that counts toward job_timeout.
         timeout = self.settings.job_timeout
-        if job.enqueued_at is not None and self.clock() - job.enqueued_at > timeout:
+        elapsed = None if job.enqueued_at is None else self.clock() - job.enqueued_at
+        if elapsed is not None and elapsed > timeout:
+            self.times.ended(job.job_id, None)
             return Orphaned(f"job {job.job_id} did not finish within {timeout:.0f} s (job_timeout)")
-        return Running(self.settings.poll_interval)
+        if elapsed is None:
+            return Running(self.settings.poll_interval)
+        return Running(self._poll_in(job.job_id, elapsed))
 
 
 def _refusal(exc: ApiError) -> Outcome | None:
@@ -163,5 +231,17 @@ def _refusal(exc: ApiError) -> Outcome | None:
     if exc.pauses_work:
         return AccountRefused(f"the Mindee API refused the account: {exc}")
     if exc.retryable:
-        return RetryLater(str(exc), after=exc.retry_after, hold=exc.status == 429)
+        # A 429 is the account's rate, not the file's fault: it holds every submission
+        # but is no attempt of this file (a burst of them must not fail files).
+        limited = exc.status == 429
+        return RetryLater(str(exc), after=exc.retry_after, hold=limited, counts=not limited)
     return None
+
+
+def _size(submission: Submission) -> int:
+    try:
+        if submission.file is not None:
+            return os.fstat(submission.file.fileno()).st_size
+        return submission.path.stat().st_size
+    except (OSError, ValueError):
+        return 0
