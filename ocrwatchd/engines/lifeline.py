@@ -35,6 +35,7 @@ import signal
 import threading
 import time
 
+DAEMON_PID_VARIABLE = "OCRWATCHD_LIFELINE_PID"
 # linux/prctl.h
 _PR_SET_PDEATHSIG = 1
 # Exit status of a worker that overran its hard deadline, like timeout(1) uses.
@@ -53,6 +54,9 @@ def install() -> None:
     Call before the first pool starts the forkserver; once it runs, this changes nothing
     for it (pools with `bind` as their initializer are covered anyway).
     """
+    # The forkserver learns who to follow from here, not from its own parent: a daemon
+    # killed while the forkserver starts would leave it an orphan following init.
+    os.environ[DAEMON_PID_VARIABLE] = str(os.getpid())
     multiprocessing.forkserver.set_forkserver_preload(
         ["__main__", "ocrwatchd.engines.lifeline_forkserver"]
     )
@@ -111,6 +115,9 @@ def _follow(daemon: int) -> None:
 
 
 def after_fork_in_child(daemon_pid: int) -> None:
-    """The forkserver's at-fork hook: bind the new process to the daemon."""
+    """The forkserver's at-fork hook: bind the new process to the daemon (afresh: the
+    forkserver's own binding is not the child's, whose lifeline thread was not copied)."""
+    global _bound
+    _bound = False
     with contextlib.suppress(OSError):
         bind(daemon_pid)
