@@ -1,10 +1,8 @@
 """HTTP client for the Mindee API v2 OCR utility: enqueue a file, poll its job, fetch the result.
 
-The contract is `API.md` of the project. One `MindeeClient` per thread: it owns one
-`requests.Session` (one kept-alive connection) and no lock, so it is never shared. It makes
-one HTTP request per call and never retries: backoff, rate limits and job deadlines belong
-to the caller. The environment (proxy, CA bundle) is read once, when the client is made;
-the session then never looks at it again (nor at ~/.netrc).
+One `MindeeClient` per thread (one `requests.Session`, no lock). One HTTP request per
+call, never retried: backoff, rate limits and job deadlines belong to the caller. The
+environment (proxy, CA bundle) is read once; then never again (nor ~/.netrc).
 
 The API key goes to the base URL's origin (scheme, host, port) only. A job whose
 `result_url` (or `Location`) names another origin gets the base URL's own results path
@@ -28,9 +26,8 @@ Every failure is raised as `ocrwatchd.errors.ApiError`:
   promises (malformed, truncated, or missing keys): such a body says the request went
   wrong on the way, not that the file is bad.
 
-The API key lives in a `Secret`, is revealed only into the `Authorization` header, and is
-scrubbed (with any proxy password) from every message built from what the server or the
-network layer says.
+The API key (a `Secret`) is revealed only into the `Authorization` header, and scrubbed
+(with any proxy password) from every message built from what the server or network says.
 """
 
 from __future__ import annotations
