@@ -94,10 +94,9 @@ class MindeeClient:
     """Talks to one Mindee API v2 host with one API key.
 
     `base_url` is the host root without `/v2` (e.g. `https://api-v2.mindee.net`).
-    `request_timeout` is each request's total deadline, `connect_timeout` bounds the
-    TCP/TLS connect within it. The proxy and CA settings are read from the environment
-    here, once. `check_result` validates a result body (default: `result_problem`, in this
-    thread; the daemon runs it in a helper process).
+    `request_timeout` is each request's total deadline, `connect_timeout` the TCP/TLS
+    connect's within it. `check_result` validates a result body (default: `result_problem`,
+    in this thread; the daemon runs it in a helper process).
     """
 
     def __init__(
@@ -328,8 +327,7 @@ class MindeeClient:
         )
         return _Answer(response.status_code, response.headers, data)
 
-    def _observe(self, what: str, status: int | str, started: float) -> None:
-        """Tell `on_request` (the metrics) of one request: endpoint, status, seconds."""
+    def _observe(self, what: str, status: int | str, started: float) -> None:  # metrics
         if self._on_request is not None:
             endpoint = what.split()[0] if what.startswith(("job", "enqueue", "result")) else what
             self._on_request(endpoint, status, time.monotonic() - started)
