@@ -136,8 +136,7 @@ class MindeeClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Close every pooled connection. The client stays usable: it would reconnect."""
+    def close(self) -> None:  # the client stays usable: it would reconnect
         self._session.close()
 
     def enqueue(
