@@ -25,11 +25,9 @@ if TYPE_CHECKING:
 def durable(name: str | None) -> bool:
     """Whether the engine called `name` keeps its jobs when the daemon stops (a remote
     API does; a local worker process does not)."""
-    if name != "mindee":
+    if name not in ("mindee", "local"):
         return False
-    from ocrwatchd.engines.mindee_jobs import MindeeEngine
-
-    return MindeeEngine.durable_jobs
+    return engines.engine_class_named(name).durable_jobs
 
 
 def recover(lifecycle: Lifecycle, engine: Engine) -> int:
@@ -61,9 +59,8 @@ def in_flight(ledger: Ledger, current: str) -> dict[str, int]:
 
 def missing(config: Config, name: str) -> str | None:
     """What the config lacks to follow engine `name`'s jobs, or None."""
-    if name == "mindee" and config.mindee.api_key is None:
-        return "no Mindee API key is configured"
-    return None
+    problems = engines.problems(replace(config, engine=name))
+    return problems[0] if problems else None
 
 
 def build(config: Config, name: str) -> Engine | None:

@@ -14,7 +14,7 @@ import pytest
 from ocrwatchd.config import load_config
 from ocrwatchd.intake import Intake
 from ocrwatchd.ledger import Ledger
-from ocrwatchd.lifecycle import Lifecycle, State
+from ocrwatchd.lifecycle import Lifecycle, State, Written
 from ocrwatchd.rules import skip_reason
 from ocrwatchd.watcher import start_observer
 from tests.helpers import FIXTURES, drop, inbox_settings, wait_for, write_config
@@ -214,3 +214,37 @@ def test_a_file_name_that_is_not_utf8_is_ignored_with_a_reason(harness):
     assert "not valid UTF-8" in harness.ledger.find("scans", "caf\ufffd.jpg").reason
     drop(harness.inbox.path / "fine.jpg", JPEG)
     harness.wait_state("fine.jpg", State.PENDING)
+
+
+def test_with_ready_marker_a_file_waits_for_its_marker(tmp_path):
+    harness = Harness(tmp_path, ready_marker=True)
+    try:
+        drop(harness.inbox.path / "scan.jpg", JPEG)
+        harness.intake.scan_all()
+        deadline = time.monotonic() + 1.0  # well past settle_seconds (0.2 s)
+        while time.monotonic() < deadline:
+            assert harness.state("scan.jpg") == State.SETTLING
+        (harness.inbox.path / "scan.jpg.ready").write_bytes(b"")
+        harness.wait_state("scan.jpg", State.PENDING, timeout=5)
+        # The marker itself is never a file to process.
+        assert harness.ledger.find("scans", "scan.jpg.ready") is None
+    finally:
+        harness.close()
+
+
+def test_the_marker_goes_once_the_file_is_finished(tmp_path):
+    harness = Harness(tmp_path, ready_marker=True, on_success="keep")
+    try:
+        source = harness.inbox.path / "scan.jpg"
+        drop(source, JPEG)
+        marker = harness.inbox.path / "scan.jpg.ready"
+        marker.write_bytes(b"")
+        harness.wait_state("scan.jpg", State.PENDING, timeout=5)
+        row = harness.ledger.find("scans", "scan.jpg")
+        lifecycle = harness.intake.lifecycle
+        for state in (State.UPLOADING, State.PROCESSING, State.FETCHED):
+            row = harness.ledger.move(row, state)
+        assert lifecycle.apply(row, Written(str(harness.inbox.outbox / "scan.jpg.json")))
+        assert not marker.exists() and source.exists()
+    finally:
+        harness.close()

@@ -10,7 +10,12 @@ from ocrwatchd.engines.base import Engine
 
 def engine_class(config: Config) -> type[Engine]:
     """The configured engine's class. Raises ImportError when its libraries are missing."""
-    if config.engine == "mindee":
+    return engine_class_named(config.engine)
+
+
+def engine_class_named(name: str) -> type[Engine]:
+    """The class of the engine called `name` ("mindee" or "local")."""
+    if name == "mindee":
         from ocrwatchd.engines.mindee_jobs import MindeeEngine
 
         return MindeeEngine

@@ -94,6 +94,12 @@ class MindeeEngine(Engine):
     def from_config(cls, config: Config, *, daemon: bool = False) -> MindeeEngine:
         return cls(config.mindee, check_in_helper=daemon)
 
+    @classmethod
+    def problems(cls, config: Config) -> list[str]:
+        if config.mindee.api_key is None:
+            return ["no Mindee API key is configured"]
+        return []
+
     @property
     def capacity(self) -> int:
         return self.settings.max_in_flight
