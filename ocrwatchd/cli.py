@@ -284,5 +284,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.exit_code)
     except KeyboardInterrupt:
         return ExitCode.OK
+    except BrokenPipeError as exc:
+        if _stdout_closed():  # `ocrwatchd jobs | head`: the reader is gone, not an error
+            return ExitCode.OK
+        print(f"ocrwatchd: internal error: {exc!r}", file=sys.stderr)
+        return ExitCode.SOFTWARE
+
+
+def _stdout_closed() -> bool:
+    try:
+        sys.stdout.flush()
     except BrokenPipeError:
-        return ExitCode.OK
+        # Keep the interpreter from reporting the same closed pipe again at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return True
+    return False

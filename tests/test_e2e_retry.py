@@ -75,7 +75,11 @@ def _as_nobody() -> list[str] | None:
     if os.geteuid() != 0 or setpriv is None:
         return None
     prefix = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    probe = subprocess.run([*prefix, "true"], capture_output=True)
+    # This interpreter may live where nobody may not go (a pyenv under a private /root):
+    # then nobody cannot start the daemon's helper processes (multiprocessing re-executes
+    # sys.executable), and the test cannot be made here.
+    helpers = "import multiprocessing as m; m.get_context('forkserver').Lock()"
+    probe = subprocess.run([*prefix, sys.executable, "-c", helpers], capture_output=True)
     return prefix if probe.returncode == 0 else None
 
 
@@ -91,7 +95,7 @@ def test_an_unreadable_file_says_why_and_is_picked_up_once_readable(shared_dir, 
     """As root, permission bits stop nothing: the daemon runs as `nobody` here."""
     prefix = _as_nobody()
     if prefix is None:
-        pytest.skip("needs root and setpriv to run the daemon as another user")
+        pytest.skip("needs root, setpriv, and a Python whose helper processes nobody may start")
     settings = mindee_config(shared_dir, emulator.url)
     settings["reconcile_interval"] = 600  # it must come through intake's retry, not a rescan
     config = write_config(shared_dir, settings)
