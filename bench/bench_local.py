@@ -204,6 +204,7 @@ def measure_daemon(paths: list[Path], processes: int) -> Measurement:
         root = Path(temporary)
         inbox, outbox = root / "inbox", root / "outbox"
         inbox.mkdir()
+        outbox.mkdir()
         config = root / "ocrwatchd.yaml"
         config.write_text(
             f"state_dir: {root / 'state'}\nengine: local\nlog_level: warning\n"

@@ -10,7 +10,7 @@ settle_seconds 0). The real daemon runs as a child process (`ocrwatchd run`, or
 `ocrwatchd once` with `--once`); the clock starts when the process is spawned and stops
 when the N-th `.json` exists in the outbox (the outbox is counted every 20 ms).
 
-Printed: files/s (target >= 200 on 2 cores), time to READY=1, per-file latency (result
+Printed: files/s (the API itself allows 200 uploads a minute), time to READY=1, per-file latency (result
 mtime minus process start: p50/p95/p99), the daemon's peak RSS and CPU seconds (from
 wait4 after SIGTERM), the bench process's own CPU (the emulator, mostly), the requests
 the emulator counted, and a correctness check (N results, one upload per file).
@@ -54,7 +54,7 @@ from tests.mindee_emulator import DEFAULT_API_KEY, MindeeEmulator  # noqa: E402
 
 SAMPLE = ROOT / "tests" / "data" / "mindee" / "file_types" / "receipt.jpg"
 MODEL_ID = "7c5b6d1e-2a3f-4b8c-9d0e-1f2a3b4c5d6e"
-TARGET_FILES_PER_SECOND = 200.0
+API_UPLOADS_PER_SECOND = 200 / 60  # an account's enqueue limit
 COUNT_EVERY = 0.02
 
 # Run in the child with --profile: a cProfile.Profile per thread, merged at exit.
@@ -378,7 +378,7 @@ def report(outcome: Outcome, args: argparse.Namespace) -> bool:
     )
     print(
         f"  wall until the last result: {outcome.wall:.2f} s  → {rate:.0f} files/s"
-        f" (target ≥ {TARGET_FILES_PER_SECOND:.0f})"
+        f" (the API allows {API_UPLOADS_PER_SECOND:.1f} a second)"
     )
     if outcome.ready is not None:
         after_ready = outcome.wall - outcome.ready
