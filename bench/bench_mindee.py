@@ -10,8 +10,8 @@ settle_seconds 0). The real daemon runs as a child process (`ocrwatchd run`, or
 `ocrwatchd once` with `--once`); the clock starts when the process is spawned and stops
 when the N-th `.json` exists in the outbox (the outbox is counted every 20 ms).
 
-Printed: files/s (the API itself allows 200 uploads a minute), time to READY=1, per-file latency (result
-mtime minus process start: p50/p95/p99), the daemon's peak RSS and CPU seconds (from
+Printed: files/s (the API itself allows 200 uploads a minute), time to READY=1, per-file
+latency (result mtime minus process start: p50/p95/p99), the daemon's peak RSS and CPU seconds (from
 wait4 after SIGTERM), the bench process's own CPU (the emulator, mostly), the requests
 the emulator counted, and a correctness check (N results, one upload per file).
 
