@@ -57,7 +57,26 @@ class FolderQueries:
 
     def insert(self, inbox: str, relpath: str, state: str, **fields: Any) -> Row | None:
         """Create the row of a path never seen; None when it exists already."""
-        now = self._clock()
+        return self._insert(inbox, relpath, state, self._clock(), fields)
+
+    def insert_many(
+        self, inbox: str, state: str, files: Sequence[tuple[str, Mapping[str, Any]]]
+    ) -> list[Row]:
+        """Create the rows of paths never seen, `BATCH` per transaction: (relpath, fields)
+        each. Returns the rows created; a path that has a row already is left out."""
+        created: list[Row] = []
+        for start in range(0, len(files), BATCH):
+            now = self._clock()
+            with self._transaction():
+                for relpath, fields in files[start : start + BATCH]:
+                    row = self._insert(inbox, relpath, state, now, fields)
+                    if row is not None:
+                        created.append(row)
+        return created
+
+    def _insert(
+        self, inbox: str, relpath: str, state: str, now: float, fields: Mapping[str, Any]
+    ) -> Row | None:
         values = {
             "state": state,
             "created_at": now,
@@ -74,36 +93,6 @@ class FolderQueries:
         )
         values_row = cursor.fetchone()
         return None if values_row is None else Row(*values_row)
-
-    def insert_many(
-        self, inbox: str, state: str, files: Sequence[tuple[str, Mapping[str, Any]]]
-    ) -> list[Row]:
-        """Create the rows of paths never seen, `BATCH` per transaction: (relpath, fields)
-        each. Returns the rows created; a path that has a row already is left out."""
-        created: list[Row] = []
-        for start in range(0, len(files), BATCH):
-            now = self._clock()
-            with self._transaction():
-                for relpath, fields in files[start : start + BATCH]:
-                    values = {
-                        "state": state,
-                        "created_at": now,
-                        "updated_at": now,
-                        "folder": folder_of(relpath),
-                        **fields,
-                    }
-                    names = ", ".join(values)
-                    placeholders = ", ".join("?" for _ in values)
-                    cursor = self.db.execute(
-                        f"INSERT INTO files (inbox, relpath, {names})"
-                        f" VALUES (?, ?, {placeholders}) ON CONFLICT (inbox, relpath)"
-                        f" DO NOTHING RETURNING {ROW_COLUMNS}",
-                        [inbox, relpath, *values.values()],
-                    )
-                    values_row = cursor.fetchone()
-                    if values_row is not None:
-                        created.append(Row(*values_row))
-        return created
 
     def forget(self, rows: Iterable[Row], *, older_than: float) -> int:
         """Delete these rows (and their stored results) if each is still finished (done,
