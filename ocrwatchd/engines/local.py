@@ -165,8 +165,10 @@ def _start_worker(
     lifeline.bind(daemon_pid)
     # Before libtesseract loads: OpenMP threads would fight the other workers for the cores.
     os.environ["OMP_THREAD_LIMIT"] = "1"
-    # Ctrl-C reaches the whole process group; the daemon decides when workers stop.
+    # Ctrl-C and a stop (systemd signals the whole cgroup) reach the whole process group;
+    # the daemon decides when workers stop, so that it knows which files were cut short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # Address space, not RSS: it is the limit the kernel enforces at allocation, so that
     # a page too large fails with MemoryError here instead of the OOM killer choosing.
     limit = memory_mb * 1024 * 1024
@@ -273,6 +275,7 @@ class LocalEngine:
                     logger.warning("an OCR worker died; starting new workers")
                     self._pool.shutdown(wait=False)
                     self._pool = None
+                    self._in_flight = {f for f in self._in_flight if not f.done()}
                     if attempt == 2:
                         raise
             self._in_flight.add(inner)
@@ -311,23 +314,21 @@ class LocalEngine:
         wait_for_futures(futures, timeout=grace)
         if manager is not None:  # it ends once the workers have exited cleanly
             manager.join(timeout=max(0.0, deadline - time.monotonic()))
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-        for process in processes:
-            process.join(timeout=1)
+        for process in processes:  # they ignore SIGTERM (see _start_worker)
             if process.is_alive():
                 process.kill()
-                process.join(timeout=1)
+        for process in processes:
+            process.join(timeout=1)
         if manager is not None:
             manager.join(timeout=5)
         cancelled = sum(1 for future in futures if future.cancelled())
+        # Killed mid-read: the pool marks the future broken, or (its manager gone first)
+        # leaves it unfinished. Either way the file is read again at the next start.
         cut_short = sum(
             1
             for future in futures
-            if future.done()
-            and not future.cancelled()
-            and isinstance(future.exception(), BrokenProcessPool)
+            if not future.cancelled()
+            and (not future.done() or isinstance(future.exception(), BrokenProcessPool))
         )
         if cancelled or cut_short:
             logger.warning(
@@ -346,7 +347,10 @@ class LocalEngine:
     ) -> None:
         """Copy the worker's outcome onto the caller's future, turning transport forms back."""
         with self._lock:
-            self._in_flight.discard(inner)
+            # A file whose worker died stays counted until the pool is replaced, so that a
+            # stop that finds it says it was cut short, whichever went first.
+            if inner.cancelled() or not isinstance(inner.exception(), BrokenProcessPool):
+                self._in_flight.discard(inner)
         if inner.cancelled():
             outer.cancel()
             outer.set_running_or_notify_cancel()
